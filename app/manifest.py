@@ -1,0 +1,106 @@
+"""The model repository contract: the schema of `models/<name>/<version>/model.json`.
+
+Both the trainer (which writes manifests) and the server (which reads them) use this
+module, so the contract is defined once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MANIFEST_FILE = "model.json"
+SCHEMA_VERSION = 1
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+Kind = Literal["text-classification", "tabular-classification", "tabular-regression"]
+
+
+class Artifact(BaseModel):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class Feature(BaseModel):
+    name: str
+    dtype: Literal["float32"] = "float32"
+
+
+class InputSchema(BaseModel):
+    """Text models give `max_length` (tokens); tabular models give their features in order."""
+
+    type: Literal["text", "features"]
+    max_length: int | None = Field(default=None, ge=2)
+    features: list[Feature] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> InputSchema:
+        if self.type == "text" and self.max_length is None:
+            raise ValueError("text inputs need max_length")
+        if self.type == "features" and not self.features:
+            raise ValueError("feature inputs need a non-empty features list")
+        return self
+
+
+class Batching(BaseModel):
+    max_batch_size: int = Field(default=64, ge=1)
+    max_batch_tokens: int = Field(default=16384, ge=1)
+    max_delay_ms: float = Field(default=0.0, ge=0)
+
+
+class Variant(BaseModel):
+    file: str
+    test_metrics: dict[str, Any] = Field(default_factory=dict)
+    size_ratio: float | None = None
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    name: str = Field(pattern=NAME_PATTERN.pattern)
+    version: int = Field(ge=1)
+    kind: Kind
+    labels: list[str] | None = None
+    inputs: InputSchema
+    outputs: dict[str, Any]
+    model_file: str = "model.onnx"
+    tokenizer_file: str | None = None
+    variants: dict[str, Variant] = Field(default_factory=dict)
+    artifacts: dict[str, Artifact]
+    batching: Batching = Field(default_factory=Batching)
+    test_metrics: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Manifest:
+        classifier = self.kind != "tabular-regression"
+        if classifier and (not self.labels or len(self.labels) < 2):
+            raise ValueError(f"{self.kind} needs at least two labels")
+        if (self.kind == "text-classification") != (self.inputs.type == "text"):
+            raise ValueError(f"kind {self.kind} does not match input type {self.inputs.type}")
+        if self.kind == "text-classification" and not self.tokenizer_file:
+            raise ValueError("text-classification needs tokenizer_file")
+        for f in (self.model_file, self.tokenizer_file):
+            if f is not None and f not in self.artifacts:
+                raise ValueError(f"{f} is not listed in artifacts")
+        for f in self.artifacts:
+            if "/" in f or "\\" in f or f.startswith("."):
+                raise ValueError(f"artifact name {f!r} must be a plain file name")
+        return self
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_artifact(path: Path) -> Artifact:
+    return Artifact(sha256=sha256_file(path), bytes=path.stat().st_size)

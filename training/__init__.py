@@ -1,0 +1,1 @@
+"""ortserve trainer: trains, evaluates and exports models into the model repository."""
