@@ -1,0 +1,1 @@
+"""HTTP routers: parse, call the model service, shape the response. Nothing else."""

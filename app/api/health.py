@@ -1,0 +1,34 @@
+"""GET /health/live and GET /health/ready."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from app.api.schemas import Liveness, Readiness
+from app.responses import JSONResponse
+from app.state import AppState, get_state
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live", response_model=Liveness, summary="200 while the process runs")
+async def live():
+    return JSONResponse({"status": "alive"})
+
+
+@router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}},
+            summary="200 once every configured model is loaded and warmed; 503 before, "
+                    "while draining, or when a model failed")
+async def ready(state: Annotated[AppState, Depends(get_state)]):
+    not_ready = state.registry.not_ready()
+    if not state.started:
+        not_ready = {"service": "starting", **not_ready}
+    if state.draining:
+        not_ready = {"service": "draining", **not_ready}
+    if not state.registry.models and state.started:
+        not_ready = {"service": "no models configured or found"}
+    status = 503 if not_ready else 200
+    return JSONResponse({"status": "ready" if status == 200 else "not_ready",
+                           "not_ready": not_ready}, status_code=status)

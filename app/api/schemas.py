@@ -1,0 +1,131 @@
+"""Pydantic types of every request and response body (they also make the OpenAPI docs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.manifest import NAME_PATTERN
+
+TEXT_EXAMPLE = {"model": "sentiment", "inputs": ["I love this phone", "worst service ever"]}
+ROWS_EXAMPLE = {"model": "diabetes",
+                "inputs": [[0.038, 0.05, 0.062, 0.022, -0.044, -0.035, -0.043, -0.003,
+                            0.02, -0.018]]}
+
+Input = str | list[float] | dict[str, float]
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), extra="forbid",
+                              json_schema_extra={"examples": [TEXT_EXAMPLE, ROWS_EXAMPLE]})
+
+    model: str | None = Field(None, pattern=NAME_PATTERN.pattern, max_length=128,
+                              description="Model name; the configured default when omitted.")
+    version: int | None = Field(None, ge=1, description="Fail unless this version is served.")
+    inputs: list[Input] = Field(
+        ..., min_length=1,
+        description="Texts for text models; rows for tabular models, each a list of numbers "
+                    "in the manifest's feature order or an object keyed by feature name.")
+
+
+class ModelPredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid",
+                              json_schema_extra={"examples": [{"inputs": ["great game"]}]})
+
+    version: int | None = Field(None, ge=1, description="Fail unless this version is served.")
+    inputs: list[Input] = Field(..., min_length=1)
+
+
+class ClassPrediction(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class ValuePrediction(BaseModel):
+    value: float
+
+
+class Timing(BaseModel):
+    total_ms: float = Field(description="Time in the server for this request.")
+    queue_ms: float = Field(description="Wait before the first batch that ran it.")
+    inference_ms: float = Field(description="Model run time of the batches it was part of.")
+
+
+class PredictResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
+        "model": "sentiment", "version": 1,
+        "predictions": [
+            {"label": "positive", "score": 0.93,
+             "scores": {"negative": 0.02, "neutral": 0.05, "positive": 0.93}}],
+        "timing": {"total_ms": 4.1, "queue_ms": 0.05, "inference_ms": 3.6}}]})
+
+    model: str
+    version: int
+    predictions: list[ClassPrediction | ValuePrediction]
+    timing: Timing
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
+        "code": "invalid_input", "message": "inputs[1]: expected 10 features, got 3",
+        "details": {"field": "inputs[1]", "expected": 10, "got": 3}}}]})
+
+    error: ErrorDetail
+
+
+class ModelSummary(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "name": "sentiment", "version": 1, "status": "ready", "error": None,
+        "kind": "text-classification", "variant": "int8", "model_file": "model.int8.onnx",
+        "provider": "CPUExecutionProvider", "providers": ["CPUExecutionProvider"],
+        "requested_providers": ["CPUExecutionProvider"],
+        "batching": {"max_batch_size": 64, "max_batch_tokens": 8192, "max_delay_ms": 0.0,
+                     "max_queue_size": 1024}}]})
+
+    name: str
+    version: int | None
+    status: str
+    error: str | None
+    kind: str | None
+    variant: str | None
+    model_file: str | None
+    provider: str | None
+    providers: list[str] | None
+    requested_providers: list[str] | None
+    batching: dict[str, float] | None
+
+
+class ModelList(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    default_model: str | None
+    models: list[ModelSummary]
+
+
+class ModelDetail(ModelSummary):
+    manifest: dict[str, Any] | None = None
+    test_metrics: dict[str, Any] | None = None
+    labels: list[str] | None = None
+    inputs: dict[str, Any] | None = None
+    load_seconds: float | None = None
+
+
+class Liveness(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "alive"}]})
+    status: str
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "ready", "not_ready": {}},
+        {"status": "not_ready", "not_ready": {"sentiment": "loading"}}]})
+    status: str
+    not_ready: dict[str, str]

@@ -1,0 +1,74 @@
+"""The FastAPI app: `create_app(settings)` and `app` for uvicorn (`app.main:app`)."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.api import health, models, predict
+from app.api import metrics as metrics_api
+from app.errors import install_handlers
+from app.logs import configure_logging
+from app.metrics import Metrics
+from app.middleware import RequestContextMiddleware
+from app.responses import JSONResponse
+from app.runtime.session import DeviceError
+from app.service import ModelRegistry
+from app.settings import Settings
+
+log = logging.getLogger("ortserve")
+
+DESCRIPTION = """Serves ONNX text classifiers, tabular classifiers and regressors from a
+versioned model repository, with dynamic batching, health checks and Prometheus metrics.
+Errors always have the shape `{"error": {"code", "message", "details"}}`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    metrics = Metrics()
+    registry = ModelRegistry(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from app.state import AppState
+
+        state = AppState(settings, metrics, registry)
+        app.state.ortserve = state
+        try:
+            await registry.load_all()
+        except DeviceError as exc:
+            log.error("strict device: %s", exc)
+            raise
+        state.started = True
+        log.info("serving %d model(s): %s", len(registry.models),
+                 ", ".join(f"{n}={s.status}" for n, s in registry.models.items()))
+        yield
+        state.draining = True
+        await registry.drain()
+        await registry.close()
+
+    app = FastAPI(title="ortserve", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan, default_response_class=JSONResponse)
+    install_handlers(app)
+    for r in (predict.router, models.router, health.router, metrics_api.router):
+        app.include_router(r)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+def __getattr__(name: str):
+    # `app.main:app` builds the app from the environment on first access only, so that
+    # importing this module (tests, the CLI) does not read settings or load models.
+    if name == "app":
+        global _app
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(name)
+
+
+_app: FastAPI | None = None

@@ -1,0 +1,93 @@
+"""Every Prometheus metric of the service, defined once, with its labels.
+
+Labels are per model and version (and outcome/provider); none takes per-input values.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+MS_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+              0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+MODEL = ("model", "version")
+
+OUTCOMES = ("success", "client_error", "server_error", "rejected", "timeout", "cancelled")
+
+
+class Metrics:
+    """The service's metrics on their own registry (one per app instance)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        if registry is None:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter(
+            "ortserve_requests", "Predict requests by outcome (success, client_error, "
+            "server_error, rejected, timeout, cancelled).", (*MODEL, "outcome"), registry=r)
+        self.inputs = Counter("ortserve_inputs", "Inputs (texts or rows) predicted.", MODEL,
+                              registry=r)
+        self.request_latency = Histogram(
+            "ortserve_request_duration_seconds", "Predict request latency in the server.",
+            MODEL, buckets=MS_BUCKETS, registry=r)
+        self.queue_wait = Histogram(
+            "ortserve_queue_wait_seconds", "Time from enqueue to the first batch that ran "
+            "the request.", MODEL, buckets=MS_BUCKETS, registry=r)
+        self.inference = Histogram(
+            "ortserve_inference_duration_seconds", "Time of one model run (a batch).",
+            MODEL, buckets=MS_BUCKETS, registry=r)
+        self.batch_size = Histogram("ortserve_batch_size", "Inputs per model run.", MODEL,
+                                    buckets=SIZE_BUCKETS, registry=r)
+        self.batch_tokens = Histogram(
+            "ortserve_batch_tokens", "Padded tokens (longest x count) per model run; 1 per "
+            "row for tabular models.", MODEL, buckets=TOKEN_BUCKETS, registry=r)
+        self.queue_depth = Gauge("ortserve_queue_depth", "Inputs waiting in the model's queue.",
+                                 MODEL, registry=r, multiprocess_mode="livesum")
+        self.ready = Gauge("ortserve_model_ready", "1 when the model is loaded and warmed.",
+                           MODEL, registry=r, multiprocess_mode="livemax")
+        self.info = Gauge(
+            "ortserve_model_info", "Constant 1; labels say which provider really runs the "
+            "model and the SHA-256 of its file.",
+            (*MODEL, "kind", "variant", "provider", "requested_provider", "sha256"),
+            registry=r, multiprocess_mode="livemax")
+        self.load_failures = Gauge(
+            "ortserve_model_load_failed", "1 for a configured model that could not be loaded.",
+            ("model",), registry=r, multiprocess_mode="livemax")
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ModelObserver:
+    """Binds the batch metrics of one model for the batcher (which knows no labels)."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self._inference = metrics.inference.labels(model, version)
+        self._size = metrics.batch_size.labels(model, version)
+        self._tokens = metrics.batch_tokens.labels(model, version)
+        self._depth = metrics.queue_depth.labels(model, version)
+
+    def batch_done(self, size: int, padded_tokens: int, seconds: float) -> None:
+        self._inference.observe(seconds)
+        self._size.observe(size)
+        self._tokens.observe(padded_tokens)
+
+    def queue_depth(self, depth: int) -> None:
+        self._depth.set(depth)
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))

@@ -1,0 +1,50 @@
+"""What every pipeline offers the model service."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from app.manifest import Manifest
+
+RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+class Pipeline(ABC):
+    """Pre-process (validate, encode) -> collate a batch -> run -> split -> post-process.
+
+    Nothing here knows about HTTP: invalid inputs raise `app.errors.InvalidInput`.
+    """
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.labels = manifest.labels
+
+    @abstractmethod
+    def preprocess(self, inputs: Sequence[Any]) -> tuple[list[Any], list[int]]:
+        """Validate and encode inputs; return one payload and one cost (length) each."""
+
+    @abstractmethod
+    def collate(self, payloads: list[Any]) -> dict[str, np.ndarray]:
+        """Stack payloads into the model's input tensors."""
+
+    @abstractmethod
+    def warmup_payloads(self) -> list[list[Any]]:
+        """Batches that cover the sizes and lengths this model will see."""
+
+    def run_batch(self, run: RunFn, payloads: list[Any]) -> np.ndarray:
+        """Runs in the batch worker's thread; returns one output row per payload."""
+        return run(self.collate(payloads))
+
+    def postprocess(self, outputs: Sequence[np.ndarray]) -> list[dict]:
+        rows = np.asarray(outputs, dtype=np.float64)
+        if self.labels is None:
+            return [{"value": float(r[0])} for r in rows]
+        labels = self.labels
+        best = rows.argmax(axis=1)
+        return [{"label": labels[b], "score": float(r[b]),
+                 "scores": dict(zip(labels, r.tolist(), strict=True))}
+                for b, r in zip(best, rows, strict=True)]

@@ -1,0 +1,73 @@
+"""Feature-row models: rows as lists in manifest order or objects keyed by feature name."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from app.errors import InvalidInput
+from app.manifest import Manifest
+from app.pipelines.base import Pipeline
+
+
+class _RowsPipeline(Pipeline):
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__(manifest)
+        self.features = [f.name for f in manifest.inputs.features or []]
+        self._index = {name: j for j, name in enumerate(self.features)}
+
+    def _row(self, i: int, row: Any) -> np.ndarray:
+        n = len(self.features)
+        if isinstance(row, dict):
+            missing = [f for f in self.features if f not in row]
+            extra = [k for k in row if k not in self._index]
+            if missing or extra:
+                raise InvalidInput(
+                    f"inputs[{i}]: " + "; ".join(
+                        ([f"missing features {missing[:5]}"] if missing else [])
+                        + ([f"unknown features {extra[:5]}"] if extra else [])),
+                    {"field": f"inputs[{i}]", "missing": missing, "unknown": extra})
+            values = [row[f] for f in self.features]
+            names = self.features
+        elif isinstance(row, list | tuple):
+            if len(row) != n:
+                raise InvalidInput(f"inputs[{i}]: expected {n} features, got {len(row)}",
+                                   {"field": f"inputs[{i}]", "expected": n, "got": len(row)})
+            values, names = row, self.features
+        else:
+            raise InvalidInput(f"inputs[{i}]: expected a list of {n} numbers or an object "
+                               f"keyed by feature name, got {type(row).__name__}",
+                               {"field": f"inputs[{i}]"})
+        for j, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise InvalidInput(f"inputs[{i}].{names[j]}: expected a finite number, "
+                                   f"got {v!r}", {"field": f"inputs[{i}][{j}]",
+                                                  "feature": names[j]})
+        with np.errstate(over="ignore"):
+            return np.asarray(values, dtype=np.float32)
+
+    def preprocess(self, inputs: Sequence[Any]) -> tuple[list[Any], list[int]]:
+        rows = [self._row(i, r) for i, r in enumerate(inputs)]
+        if any(not np.isfinite(r).all() for r in rows):  # finite doubles out of float32 range
+            bad = next(i for i, r in enumerate(rows) if not np.isfinite(r).all())
+            raise InvalidInput(f"inputs[{bad}]: value out of float32 range",
+                               {"field": f"inputs[{bad}]"})
+        return rows, [1] * len(rows)
+
+    def collate(self, payloads: list[Any]) -> dict[str, np.ndarray]:
+        return {"features": np.stack(payloads)}
+
+    def warmup_payloads(self) -> list[list[Any]]:
+        row = np.zeros(len(self.features), dtype=np.float32)
+        return [[row] * b for b in sorted({1, 8, self.manifest.batching.max_batch_size})]
+
+
+class TabularClassificationPipeline(_RowsPipeline):
+    pass
+
+
+class TabularRegressionPipeline(_RowsPipeline):
+    pass

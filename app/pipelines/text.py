@@ -1,0 +1,70 @@
+"""Text classification: `tokenizers` encoding, truncation to the manifest's max length,
+padding to the longest item of each batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from app.errors import InvalidInput
+from app.manifest import Manifest
+from app.pipelines.base import Pipeline
+
+
+class TextClassificationPipeline(Pipeline):
+    def __init__(self, manifest: Manifest, tokenizer_path: Path, max_text_chars: int,
+                 truncate_text: bool) -> None:
+        super().__init__(manifest)
+        self.max_length = int(manifest.inputs.max_length)
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        self.max_text_chars = max_text_chars
+        self.truncate_text = truncate_text
+        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+
+    def preprocess(self, inputs: Sequence[Any]) -> tuple[list[Any], list[int]]:
+        texts = []
+        for i, text in enumerate(inputs):
+            if not isinstance(text, str):
+                raise InvalidInput(f"inputs[{i}]: expected a string, got {type(text).__name__}",
+                                   {"field": f"inputs[{i}]"})
+            if not text.strip():
+                raise InvalidInput(f"inputs[{i}]: empty text", {"field": f"inputs[{i}]"})
+            if len(text) > self.max_text_chars:
+                if not self.truncate_text:
+                    raise InvalidInput(
+                        f"inputs[{i}]: text has {len(text)} characters, the limit is "
+                        f"{self.max_text_chars} (set ORTSERVE_TRUNCATE_TEXT=true to cut instead)",
+                        {"field": f"inputs[{i}]", "limit": self.max_text_chars})
+                text = text[:self.max_text_chars]
+            texts.append(text)
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+        return ids, [len(x) for x in ids]
+
+    def collate(self, payloads: list[Any]) -> dict[str, np.ndarray]:
+        length = max(len(p) for p in payloads)
+        ids = np.full((len(payloads), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(payloads), length), dtype=np.int64)
+        for row, p in enumerate(payloads):
+            ids[row, :len(p)] = p
+            mask[row, :len(p)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def warmup_payloads(self) -> list[list[Any]]:
+        cls_ = self.tokenizer.token_to_id("[CLS]") or 101
+        sep = self.tokenizer.token_to_id("[SEP]") or 102
+        word = self.tokenizer.token_to_id("the") or 1000
+
+        def seq(n: int) -> np.ndarray:
+            return np.asarray([cls_] + [word] * max(0, n - 2) + [sep], dtype=np.int64)
+
+        sizes = sorted({1, min(8, self.manifest.batching.max_batch_size),
+                        self.manifest.batching.max_batch_size})
+        return [[seq(n)] * b for b in sizes for n in (8, min(48, self.max_length),
+                                                       self.max_length)]

@@ -1,0 +1,119 @@
+"""Scans `models/<name>/<version>/`, validates manifests and artifact hashes, picks versions.
+
+Only ONNX and tokenizer JSON files listed in a manifest are ever loaded, and only after
+their SHA-256 matches; nothing here unpickles or executes model files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from app.manifest import MANIFEST_FILE, NAME_PATTERN, Manifest, sha256_file
+
+log = logging.getLogger("ortserve.repository")
+
+
+@dataclass
+class ModelSource:
+    """One model as found on disk: a verified manifest, or the reason it cannot load."""
+
+    name: str
+    version: int | None
+    path: Path | None
+    manifest: Manifest | None = None
+    error: str | None = None
+    model_file: str | None = None
+    variant: str | None = None
+
+
+def _versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def verify(name: str, version: int, path: Path, variant: str | None = None) -> ModelSource:
+    src = ModelSource(name, version, path)
+    try:
+        raw = json.loads((path / MANIFEST_FILE).read_text())
+        manifest = Manifest.model_validate(raw)
+    except FileNotFoundError:
+        src.error = f"{MANIFEST_FILE} missing"
+        return src
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        src.error = f"{MANIFEST_FILE} is not valid JSON: {exc}"
+        return src
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "manifest"
+        src.error = f"{MANIFEST_FILE} invalid at {where}: {first['msg']}"
+        return src
+    if manifest.name != name or manifest.version != version:
+        src.error = (f"manifest says {manifest.name}/{manifest.version}, "
+                     f"folder is {name}/{version}")
+        return src
+    model_file = manifest.model_file
+    if variant:
+        if variant not in manifest.variants:
+            src.error = f"variant {variant!r} not in manifest ({', '.join(manifest.variants)})"
+            return src
+        model_file = manifest.variants[variant].file
+        if model_file not in manifest.artifacts:
+            src.error = f"variant file {model_file} is not listed in artifacts"
+            return src
+    needed = [model_file] + ([manifest.tokenizer_file] if manifest.tokenizer_file else [])
+    for fname in needed:
+        fpath = path / fname
+        if not fpath.is_file():
+            src.error = f"{fname} missing"
+            return src
+        expected = manifest.artifacts[fname]
+        if fpath.stat().st_size != expected.bytes:
+            src.error = (f"{fname} is {fpath.stat().st_size} bytes, manifest says "
+                         f"{expected.bytes} (truncated or replaced)")
+            return src
+        if sha256_file(fpath) != expected.sha256:
+            src.error = f"{fname} SHA-256 does not match the manifest"
+            return src
+    src.manifest = manifest
+    src.model_file = model_file
+    src.variant = variant or next(
+        (k for k, v in manifest.variants.items() if v.file == model_file), None)
+    return src
+
+
+def scan(root: Path, only: list[str] | None = None, pins: dict[str, int] | None = None,
+         variants: dict[str, str] | None = None) -> list[ModelSource]:
+    """Every model to serve: the pinned or highest version of each (or of `only`)."""
+    pins, variants = pins or {}, variants or {}
+    if not root.is_dir():
+        log.error("model repository %s does not exist", root)
+        return [ModelSource(n, pins.get(n), None, error=f"repository {root} does not exist")
+                for n in (only or [])]
+    found = {p.name: p for p in sorted(root.iterdir())
+             if p.is_dir() and NAME_PATTERN.match(p.name)}
+    names = only or sorted(found)
+    out = []
+    for name in names:
+        if not NAME_PATTERN.match(name):
+            out.append(ModelSource(name, None, None, error="invalid model name"))
+            continue
+        if name not in found:
+            out.append(ModelSource(name, pins.get(name), None,
+                                   error=f"no folder {name} in {root}"))
+            continue
+        versions = _versions(found[name])
+        version = pins.get(name) or (versions[-1] if versions else None)
+        if version is None:
+            out.append(ModelSource(name, None, None, error="no numbered version folder"))
+            continue
+        if version not in versions:
+            out.append(ModelSource(name, version, None,
+                                   error=f"pinned version {version} not found "
+                                         f"(have {versions})"))
+            continue
+        out.append(verify(name, version, found[name] / str(version), variants.get(name)))
+    return out

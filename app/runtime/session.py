@@ -1,0 +1,74 @@
+"""ONNX Runtime session creation: provider choice, threads, and what really runs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger("ortserve.session")
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+
+class DeviceError(RuntimeError):
+    """The model does not run on the device that strict mode demands."""
+
+
+def requested_providers(device: str, tensorrt: bool) -> list[str]:
+    """The providers to ask for, best first; `auto` asks for CUDA only when ORT offers it."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU]
+    gpu = ([TENSORRT] if tensorrt and TENSORRT in available else []) + [CUDA]
+    if device == "cuda" or CUDA in available:
+        return gpu + [CPU]
+    return [CPU]
+
+
+@dataclass
+class ModelSession:
+    """A loaded ONNX model: the session plus the facts the server reports about it."""
+
+    session: ort.InferenceSession
+    requested: list[str]
+    providers: list[str]
+    input_names: list[str]
+    output_name: str
+
+    @property
+    def provider(self) -> str:
+        return self.providers[0]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([self.output_name], feeds)[0]
+
+
+def create_session(path: Path, device: str, strict: bool, tensorrt: bool = False,
+                   intra_op_threads: int = 0, inter_op_threads: int = 1) -> ModelSession:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = inter_op_threads
+    opts.log_severity_level = 3
+    requested = requested_providers(device, tensorrt)
+    # Only the bytes we verified are parsed: read once, hand ORT the buffer.
+    session = ort.InferenceSession(path.read_bytes(), opts, providers=requested)
+    providers = session.get_providers()
+    wanted_gpu = requested[0] != CPU
+    if wanted_gpu and providers[0] == CPU:
+        msg = (f"{path}: asked for {requested[0]} but ONNX Runtime runs it on CPU "
+               "(CUDA/cuDNN libraries missing or no GPU visible)")
+        if strict:
+            raise DeviceError(msg)
+        log.warning(msg)
+    if strict and device == "cpu" and providers[0] != CPU:
+        raise DeviceError(f"{path}: runs on {providers[0]}, not CPU")
+    return ModelSession(session, requested, providers,
+                        [i.name for i in session.get_inputs()],
+                        session.get_outputs()[0].name)

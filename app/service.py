@@ -1,0 +1,255 @@
+"""Loaded models: each one's session, pipeline and batch queue, and the set of them.
+
+A request flows router -> `ModelService.predict` -> pipeline.preprocess -> batch queue ->
+session.run (worker thread) -> pipeline.postprocess -> router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    ModelNotFound,
+    ModelNotReady,
+    ServingError,
+)
+from app.metrics import Metrics, ModelObserver
+from app.pipelines import Pipeline, build_pipeline
+from app.repository import ModelSource, scan
+from app.runtime.batcher import BatchLimits, BatchQueue
+from app.runtime.session import ModelSession, create_session
+from app.settings import Settings
+
+log = logging.getLogger("ortserve.models")
+
+
+@dataclass
+class PredictResult:
+    predictions: list[dict]
+    queue_ms: float
+    inference_ms: float
+
+
+@dataclass
+class ModelService:
+    source: ModelSource
+    status: str = "loading"  # loading -> ready | failed
+    error: str | None = None
+    session: ModelSession | None = None
+    pipeline: Pipeline | None = None
+    queue: BatchQueue | None = None
+    limits: BatchLimits | None = None
+    load_seconds: float | None = None
+    _labels: tuple[str, str] = field(default=("", ""))
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def version(self) -> int | None:
+        return self.source.version
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+    def describe(self, full: bool = False) -> dict:
+        m = self.source.manifest
+        out: dict[str, Any] = {
+            "name": self.name, "version": self.version, "status": self.status,
+            "error": self.error,
+            "kind": m.kind if m else None,
+            "variant": self.source.variant,
+            "model_file": self.source.model_file,
+            "provider": self.session.provider if self.session else None,
+            "providers": self.session.providers if self.session else None,
+            "requested_providers": self.session.requested if self.session else None,
+            "batching": vars(self.limits) if self.limits else None,
+        }
+        if full and m is not None:
+            out["manifest"] = m.model_dump(mode="json")
+            out["test_metrics"] = m.test_metrics
+            out["labels"] = m.labels
+            out["inputs"] = m.inputs.model_dump(mode="json", exclude_none=True)
+            out["load_seconds"] = self.load_seconds
+        return out
+
+    async def predict(self, inputs: Sequence[Any], metrics: Metrics, timeout_s: float,
+                      disconnected: Callable[[], Awaitable[Any]] | None = None) -> PredictResult:
+        """Run inputs through the model; the caller maps errors to HTTP."""
+        name, version = self._labels
+        t0 = time.perf_counter()
+        outcome = "server_error"
+        try:
+            if not self.ready or self.queue is None or self.pipeline is None:
+                raise ModelNotReady(f"model {self.name} is {self.status}"
+                                    + (f": {self.error}" if self.error else ""))
+            payloads, costs = self.pipeline.preprocess(inputs)
+            job = self.queue.submit(payloads, costs)
+            waiters = {job.future}
+            watch = asyncio.ensure_future(disconnected()) if disconnected is not None else None
+            if watch is not None:
+                waiters.add(watch)
+            try:
+                done, _ = await asyncio.wait(waiters, timeout=timeout_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if watch is not None:
+                    watch.cancel()
+            if job.future not in done:
+                job.cancel()
+                if watch is not None and watch in done:
+                    outcome = "cancelled"
+                    raise ModelNotReady("client disconnected")
+                outcome = "timeout"
+                raise DeadlineExceeded(f"no answer within {timeout_s:.3g} s; the request was "
+                                       "dropped from the queue")
+            try:
+                outputs = job.future.result()
+            except ServingError:
+                raise
+            except Exception as exc:
+                log.exception("model %s version %s: batch failed", self.name, self.version)
+                raise InferenceFailed(f"model {self.name} failed on this batch: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+            predictions = self.pipeline.postprocess(outputs)
+            outcome = "success"
+            metrics.inputs.labels(name, version).inc(len(predictions))
+            queue_s = (job.started_at or job.enqueued_at) - job.enqueued_at
+            metrics.queue_wait.labels(name, version).observe(queue_s)
+            return PredictResult(predictions, queue_s * 1000, job.inference_s * 1000)
+        except ServingError as exc:
+            if outcome == "server_error":
+                outcome = {503: "rejected", 504: "timeout"}.get(
+                    exc.status, "client_error" if exc.status < 500 else "server_error")
+            raise
+        finally:
+            metrics.requests.labels(name, version, outcome).inc()
+            metrics.request_latency.labels(name, version).observe(time.perf_counter() - t0)
+
+
+class ModelRegistry:
+    """Every configured model, loaded or not, and which one answers by default."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.models: dict[str, ModelService] = {}
+
+    def get(self, name: str | None) -> ModelService:
+        name = name or self.default_model()
+        if name is None:
+            raise ModelNotFound("no model named and no default model configured",
+                                {"field": "model", "available": sorted(self.models)})
+        svc = self.models.get(name)
+        if svc is None:
+            raise ModelNotFound(f"unknown model {name!r}",
+                                {"field": "model", "available": sorted(self.models)})
+        return svc
+
+    def default_model(self) -> str | None:
+        if self.settings.default_model:
+            return self.settings.default_model
+        if len(self.models) == 1:
+            return next(iter(self.models))
+        return "sentiment" if "sentiment" in self.models else None
+
+    def not_ready(self) -> dict[str, str]:
+        return {n: (s.error or s.status) for n, s in self.models.items() if not s.ready}
+
+    def _limits(self, src: ModelSource) -> BatchLimits:
+        s = self.settings
+        m = src.manifest.batching if src.manifest else None
+        o = s.batching.get(src.name)
+        manifest_fields = m.model_fields_set if m else set()
+
+        def pick(key: str):
+            if o is not None and getattr(o, key, None) is not None:
+                return getattr(o, key)
+            if m is not None and key in manifest_fields:
+                return getattr(m, key)
+            return getattr(s, key)
+
+        return BatchLimits(max_batch_size=pick("max_batch_size"),
+                           max_batch_tokens=pick("max_batch_tokens"),
+                           max_delay_ms=pick("max_delay_ms"),
+                           max_queue_size=pick("max_queue_size"))
+
+    async def load_all(self) -> None:
+        s = self.settings
+        sources = await asyncio.to_thread(scan, s.models_dir, s.models or None,
+                                          s.model_versions, s.model_variant)
+        for src in sources:
+            svc = ModelService(src, _labels=(src.name, str(src.version)))
+            self.models[src.name] = svc
+            self.metrics.ready.labels(*svc._labels).set(0)
+        for svc in self.models.values():
+            await self.load(svc)
+
+    async def load(self, svc: ModelService) -> None:
+        from app.runtime.session import DeviceError
+
+        s, src = self.settings, svc.source
+        if src.error:
+            self._fail(svc, src.error)
+            return
+        t0 = time.perf_counter()
+        try:
+            svc.pipeline = await asyncio.to_thread(
+                build_pipeline, src.manifest, src.path, s.max_text_chars, s.truncate_text)
+            svc.session = await asyncio.to_thread(
+                create_session, src.path / src.model_file, s.device, s.strict_device,
+                s.tensorrt, s.intra_op_threads, s.inter_op_threads)
+        except DeviceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken model must not stop the others
+            self._fail(svc, f"cannot load: {type(exc).__name__}: {exc}")
+            return
+        svc.limits = self._limits(src)
+        session, pipeline = svc.session, svc.pipeline
+        names = set(session.input_names)
+
+        def run(payloads: list[Any]):
+            feeds = pipeline.collate(payloads)
+            return session.run({k: v for k, v in feeds.items() if k in names})
+
+        svc.queue = BatchQueue(run, svc.limits, ModelObserver(self.metrics, *svc._labels),
+                               name=svc.name)
+        try:
+            if s.warmup:
+                for payloads in pipeline.warmup_payloads():
+                    await asyncio.to_thread(run, payloads[:svc.limits.max_batch_size])
+        except Exception as exc:  # noqa: BLE001
+            self._fail(svc, f"warm-up failed: {type(exc).__name__}: {exc}")
+            return
+        svc.queue.start()
+        svc.load_seconds = round(time.perf_counter() - t0, 3)
+        svc.status = "ready"
+        m = src.manifest
+        self.metrics.ready.labels(*svc._labels).set(1)
+        self.metrics.info.labels(*svc._labels, m.kind, src.variant or "", session.provider,
+                                 session.requested[0],
+                                 m.artifacts[src.model_file].sha256).set(1)
+        log.info("model %s version %s ready on %s in %.2f s", svc.name, svc.version,
+                 session.provider, svc.load_seconds)
+
+    def _fail(self, svc: ModelService, reason: str) -> None:
+        svc.status, svc.error = "failed", reason
+        self.metrics.load_failures.labels(svc.name).set(1)
+        log.error("model %s version %s not loaded: %s", svc.name, svc.version, reason)
+
+    async def drain(self) -> None:
+        await asyncio.gather(*(s.queue.drain() for s in self.models.values() if s.queue))
+
+    async def close(self) -> None:
+        for svc in self.models.values():
+            if svc.queue is not None:
+                await svc.queue.close()

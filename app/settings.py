@@ -1,0 +1,81 @@
+"""Every knob of the service, in one place: environment variables prefixed `ORTSERVE_`.
+
+Nested values (lists, dicts) are given as JSON, e.g.
+`ORTSERVE_MODEL_VERSIONS='{"sentiment": 2}'`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BatchingOverride(BaseModel):
+    """Per-model batching values that replace the manifest's and the global defaults."""
+
+    max_batch_size: int | None = Field(default=None, ge=1)
+    max_batch_tokens: int | None = Field(default=None, ge=1)
+    max_delay_ms: float | None = Field(default=None, ge=0)
+    max_queue_size: int | None = Field(default=None, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORTSERVE_", env_file=None,
+                                      protected_namespaces=())
+
+    # Model repository
+    models_dir: Path = Field(Path("models"), description="Model repository root.")
+    models: list[str] = Field(default_factory=list,
+                              description="Models to load; empty loads every model found.")
+    model_versions: dict[str, int] = Field(
+        default_factory=dict, description="Pin a model to a version; default is the highest.")
+    default_model: str | None = Field(
+        None, description="Model used by POST /predict when the request names none; "
+                          "default: the only model if there is one, else 'sentiment' if loaded.")
+    model_variant: dict[str, str] = Field(
+        default_factory=dict,
+        description="Serve another variant than the manifest's default, e.g. {\"sentiment\": "
+                    "\"fp32\"}.")
+
+    # Execution
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU.")
+    strict_device: bool = Field(
+        False, description="Refuse to start when a model does not run on the asked device.")
+    tensorrt: bool = Field(False, description="Try TensorRT before CUDA when on a GPU.")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = "
+                                                      "ONNX Runtime's default (one per core).")
+    inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads.")
+    warmup: bool = Field(True, description="Run warm-up batches before reporting ready.")
+
+    # Batching defaults (a manifest's `batching` overrides these; `batching` below overrides both)
+    max_batch_size: int = Field(64, ge=1, description="Most inputs in one model run.")
+    max_batch_tokens: int = Field(8192, ge=1, description="Text: most padded tokens "
+                                                          "(longest x count) in one run.")
+    max_delay_ms: float = Field(0.0, ge=0, description="Wait this long for company when a "
+                                                       "batch is not full; 0 never waits.")
+    max_queue_size: int = Field(1024, ge=1, description="Inputs queued per model before 503.")
+    batching: dict[str, BatchingOverride] = Field(default_factory=dict,
+                                                  description="Per-model batching overrides.")
+
+    # Limits
+    max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body (413).")
+    max_inputs: int = Field(256, ge=1, description="Most inputs (texts or rows) per request.")
+    max_text_chars: int = Field(10000, ge=1, description="Longest text in characters.")
+    truncate_text: bool = Field(False, description="Cut texts past max_text_chars instead of "
+                                                   "answering 422.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a predict request "
+                                                             "(504); a header may lower it.")
+
+    # Server
+    host: str = Field("127.0.0.1", description="Bind address of `ortserve serve`.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of `ortserve serve`.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field("json", description="JSON lines or text.")
+
+
+def load_settings(**overrides) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,24 @@
+"""The per-app shared state that routers receive through dependency injection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from app.metrics import Metrics
+from app.service import ModelRegistry
+from app.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    registry: ModelRegistry
+    draining: bool = False
+    started: bool = False
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.ortserve

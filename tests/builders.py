@@ -1,0 +1,140 @@
+"""Tiny real ONNX models and a real tokenizer.json, written as a model repository.
+
+No torch: graphs are built with `onnx.helper`, so fixtures take milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+from app.manifest import MANIFEST_FILE, describe_artifact
+
+WORDS = ["good", "great", "love", "happy", "bad", "awful", "hate", "sad", "the", "a", "is",
+         "movie", "phone", "day", "ok", "fine", "it", "was", "this", "i"]
+TEXT_LABELS = ["negative", "neutral", "positive"]
+FEATURES = ["f0", "f1", "f2", "f3"]
+
+
+def build_tokenizer(path: Path) -> Tokenizer:
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.decoder = decoders.WordPiece()
+    tok.save(str(path))
+    return tok
+
+
+def text_embedding(vocab_size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(0, 1, (vocab_size, 3)).astype(np.float32)
+    emb[0] = 0
+    return emb
+
+
+def build_text_model(path: Path, vocab_size: int, seed: int = 0) -> np.ndarray:
+    """Embedding lookup -> masked mean over the sequence -> softmax over 3 labels."""
+    emb = text_embedding(vocab_size, seed)
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["h"], axis=0),          # B,L,3
+        helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),  # B,L
+        helper.make_node("Unsqueeze", ["m", "axis2"], ["m3"]),                   # B,L,1
+        helper.make_node("Mul", ["h", "m3"], ["hm"]),
+        helper.make_node("ReduceSum", ["hm", "axis1"], ["s"], keepdims=0),        # B,3
+        helper.make_node("ReduceSum", ["m3", "axis1"], ["n"], keepdims=0),        # B,1
+        helper.make_node("Max", ["n", "one"], ["n1"]),
+        helper.make_node("Div", ["s", "n1"], ["mean"]),
+        helper.make_node("Softmax", ["mean"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny-text",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                       ["batch", "sequence"])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(emb, "emb"),
+         numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
+         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+         numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one")])
+    _save(graph, path)
+    return emb
+
+
+def build_rows_model(path: Path, n_features: int, classifier: bool, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    out = 2 if classifier else 1
+    w = rng.normal(0, 1, (n_features, out)).astype(np.float32)
+    b = rng.normal(0, 1, (out,)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["features", "w"], ["z"]),
+             helper.make_node("Add", ["z", "b"], ["logits" if classifier else "value"])]
+    if classifier:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1))
+    name = "probabilities" if classifier else "value"
+    graph = helper.make_graph(
+        nodes, "tiny-rows",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_features])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", out])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    _save(graph, path)
+
+
+def _save(graph, path: Path) -> None:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def write_manifest(folder: Path, manifest: dict) -> dict:
+    artifacts = {f.name: describe_artifact(f).model_dump() for f in sorted(folder.iterdir())
+                 if f.name != MANIFEST_FILE}
+    manifest = {**manifest, "artifacts": artifacts}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def add_text_model(root: Path, name: str = "sentiment", version: int = 1,
+                   max_length: int = 16, batching: dict | None = None) -> Path:
+    folder = root / name / str(version)
+    folder.mkdir(parents=True)
+    tok = build_tokenizer(folder / "tokenizer.json")
+    build_text_model(folder / "model.onnx", tok.get_vocab_size())
+    write_manifest(folder, {
+        "name": name, "version": version, "kind": "text-classification",
+        "labels": TEXT_LABELS, "inputs": {"type": "text", "max_length": max_length},
+        "outputs": {"name": "probabilities"}, "model_file": "model.onnx",
+        "tokenizer_file": "tokenizer.json",
+        "batching": batching or {"max_batch_size": 8, "max_batch_tokens": 8 * max_length},
+        "test_metrics": {"accuracy": 0.5}})
+    return folder
+
+
+def add_rows_model(root: Path, name: str, classifier: bool, version: int = 1,
+                   batching: dict | None = None) -> Path:
+    folder = root / name / str(version)
+    folder.mkdir(parents=True)
+    build_rows_model(folder / "model.onnx", len(FEATURES), classifier)
+    write_manifest(folder, {
+        "name": name, "version": version,
+        "kind": "tabular-classification" if classifier else "tabular-regression",
+        "labels": ["no", "yes"] if classifier else None,
+        "inputs": {"type": "features", "features": [{"name": f} for f in FEATURES]},
+        "outputs": {"name": "probabilities" if classifier else "value"},
+        "model_file": "model.onnx", "batching": batching or {"max_batch_size": 16},
+        "test_metrics": {}})
+    return folder
+
+
+def build_repository(root: Path) -> Path:
+    add_text_model(root)
+    add_rows_model(root, "tabular", classifier=True)
+    add_rows_model(root, "regression", classifier=False)
+    return root
