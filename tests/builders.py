@@ -138,3 +138,39 @@ def build_repository(root: Path) -> Path:
     add_rows_model(root, "tabular", classifier=True)
     add_rows_model(root, "regression", classifier=False)
     return root
+
+
+def build_fragile_rows_model(path: Path, n_features: int) -> None:
+    """A classifier whose run fails (Gather out of bounds) when feature 0 is >= 2."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 1, (n_features, 2)).astype(np.float32)
+    nodes = [
+        helper.make_node("Slice", ["features", "s0", "s1", "ax1"], ["f0"]),
+        helper.make_node("Cast", ["f0"], ["i0"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "i0"], ["g"], axis=0),
+        helper.make_node("MatMul", ["features", "w"], ["z"]),
+        helper.make_node("Add", ["z", "g"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "fragile",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_features])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.zeros(2, dtype=np.float32), "table"),
+         numpy_helper.from_array(np.array([0], dtype=np.int64), "s0"),
+         numpy_helper.from_array(np.array([1], dtype=np.int64), "s1"),
+         numpy_helper.from_array(np.array([1], dtype=np.int64), "ax1")])
+    _save(graph, path)
+
+
+def add_fragile_model(root: Path, name: str = "fragile") -> Path:
+    folder = root / name / "1"
+    folder.mkdir(parents=True)
+    build_fragile_rows_model(folder / "model.onnx", len(FEATURES))
+    write_manifest(folder, {
+        "name": name, "version": 1, "kind": "tabular-classification", "labels": ["no", "yes"],
+        "inputs": {"type": "features", "features": [{"name": f} for f in FEATURES]},
+        "outputs": {"name": "probabilities"}, "model_file": "model.onnx",
+        "batching": {"max_batch_size": 4}})
+    return folder

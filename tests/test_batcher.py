@@ -1,0 +1,215 @@
+"""The batcher alone, with a plain function as the model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.errors import QueueFull
+from app.runtime.batcher import BatchLimits, BatchQueue
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    """A model that doubles numbers, records every batch and can fail or block on demand."""
+
+    def __init__(self, fail_on: set[int] | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.fail_on = fail_on or set()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, payloads):
+        self.gate.wait(5)
+        self.batches.append(list(payloads))
+        if self.fail_on & set(payloads):
+            raise ValueError("boom")
+        return [p * 2 for p in payloads]
+
+
+def make(model, **limits) -> BatchQueue:
+    q = BatchQueue(model, BatchLimits(**limits))
+    q.start()
+    return q
+
+
+async def test_results_come_back_in_input_order():
+    model = Recorder()
+    q = make(model, max_batch_size=4)
+    job = q.submit(list(range(10)), [1] * 10)
+    assert await job.future == [i * 2 for i in range(10)]
+    assert [len(b) for b in model.batches] == [4, 4, 2]  # split across batches
+    await q.close()
+
+
+async def test_lone_request_runs_at_once_in_a_batch_of_one():
+    model = Recorder()
+    q = make(model, max_batch_size=64, max_delay_ms=0)
+    assert await q.submit([7], [1]).future == [14]
+    assert model.batches == [[7]]
+    await q.close()
+
+
+async def test_requests_queued_while_busy_share_the_next_batch():
+    model = Recorder()
+    model.gate.clear()
+    q = make(model, max_batch_size=64)
+    first = q.submit([0], [1])
+    await asyncio.sleep(0.05)  # the worker is now blocked inside the model on [0]
+    others = [q.submit([i], [1]) for i in range(1, 21)]
+    model.gate.set()
+    await first.future
+    results = await asyncio.gather(*(j.future for j in others))
+    assert results == [[i * 2] for i in range(1, 21)]
+    assert model.batches == [[0], list(range(1, 21))]
+    await q.close()
+
+
+async def test_token_budget_counts_padded_size():
+    model = Recorder()
+    model.gate.clear()
+    q = make(model, max_batch_size=64, max_batch_tokens=100)
+    blocker = q.submit([0], [1])
+    await asyncio.sleep(0.05)
+    # lengths 10, 10, 40, 10: [10, 10] fits (2x10); adding 40 makes 3x40 = 120 > 100
+    jobs = [q.submit([i], [n]) for i, n in zip((1, 2, 3, 4), (10, 10, 40, 10), strict=True)]
+    model.gate.set()
+    await blocker.future
+    await asyncio.gather(*(j.future for j in jobs))
+    assert model.batches[1:] == [[1, 2], [3, 4]]
+    await q.close()
+
+
+async def test_an_item_longer_than_the_budget_still_runs_alone():
+    model = Recorder()
+    q = make(model, max_batch_tokens=10)
+    assert await q.submit([5], [50]).future == [10]
+    await q.close()
+
+
+async def test_cancelled_items_are_dropped_before_they_run():
+    model = Recorder()
+    model.gate.clear()
+    q = make(model)
+    blocker = q.submit([0], [1])
+    await asyncio.sleep(0.05)
+    gone = q.submit([1, 2, 3], [1, 1, 1])
+    kept = q.submit([4], [1])
+    gone.cancel()
+    model.gate.set()
+    await blocker.future
+    assert await kept.future == [8]
+    assert all(x not in b for b in model.batches for x in (1, 2, 3))
+    await q.close()
+
+
+async def test_an_exception_fails_only_its_batch():
+    model = Recorder(fail_on={13})
+    model.gate.clear()
+    q = make(model, max_batch_size=2)
+    blocker = q.submit([0], [1])
+    await asyncio.sleep(0.05)
+    a = q.submit([13], [1])
+    b = q.submit([1], [1])      # same batch as 13: fails with it
+    c = q.submit([2, 3], [1, 1])  # next batch: unaffected
+    model.gate.set()
+    await blocker.future
+    with pytest.raises(ValueError):
+        await a.future
+    with pytest.raises(ValueError):
+        await b.future
+    assert await c.future == [4, 6]
+    assert await q.submit([5], [1]).future == [10]  # the worker keeps serving
+    await q.close()
+
+
+async def test_full_queue_rejects_at_once():
+    model = Recorder()
+    model.gate.clear()
+    q = make(model, max_queue_size=3)
+    blocker = q.submit([0], [1])
+    await asyncio.sleep(0.05)
+    q.submit([1, 2], [1, 1])
+    with pytest.raises(QueueFull) as err:
+        q.submit([3, 4], [1, 1])
+    assert err.value.headers == {"Retry-After": "1"}
+    model.gate.set()
+    await blocker.future
+    await q.close()
+
+
+async def test_max_delay_waits_for_company():
+    model = Recorder()
+    q = make(model, max_batch_size=8, max_delay_ms=200)
+    a = q.submit([1], [1])
+    await asyncio.sleep(0.01)
+    b = q.submit([2], [1])
+    await asyncio.gather(a.future, b.future)
+    assert model.batches == [[1, 2]]
+    await q.close()
+
+
+async def test_drain_waits_for_queued_work():
+    model = Recorder()
+    model.gate.clear()
+    q = make(model, max_batch_size=2)
+    jobs = [q.submit([i], [1]) for i in range(5)]
+    drained = asyncio.ensure_future(q.drain())
+    await asyncio.sleep(0.05)
+    assert not drained.done()
+    model.gate.set()
+    await asyncio.wait_for(drained, 5)
+    assert all(j.future.done() for j in jobs)
+    await q.close()
+
+
+request_plan = st.lists(
+    st.tuples(st.integers(1, 9),          # inputs in the request
+              st.booleans(),              # cancelled while queued
+              st.booleans()),             # contains a poisoned value
+    min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=request_plan, max_batch=st.integers(1, 8), budget=st.integers(1, 40))
+def test_any_interleaving_gives_each_survivor_exactly_its_results(plan, max_batch, budget):
+    async def scenario():
+        model = Recorder(fail_on={-1})
+        model.gate.clear()
+        q = make(model, max_batch_size=max_batch, max_batch_tokens=budget)
+        blocker = q.submit([0], [1])
+        await asyncio.sleep(0.005)
+        jobs, base = [], 1000
+        for n, cancel, poison in plan:
+            values = [base + k for k in range(n)]
+            if poison:
+                values[n // 2] = -1
+            base += 1000
+            job = q.submit(values, [1 + v % 7 if v > 0 else 3 for v in values])
+            jobs.append((job, values, cancel, poison))
+        for job, _, cancel, _ in jobs:
+            if cancel:
+                job.cancel()
+        model.gate.set()
+        await blocker.future
+        for job, values, cancel, poison in jobs:
+            if cancel:
+                continue
+            try:
+                got = await asyncio.wait_for(job.future, 5)
+            except ValueError:
+                assert poison or any(-1 in b and set(values) & set(b) for b in model.batches)
+                continue
+            assert got == [v * 2 for v in values]
+        ran = [v for b in model.batches for v in b]
+        for job, values, cancel, _ in jobs:
+            if cancel:
+                assert not set(values) & set(ran) - {-1}
+        await q.close()
+
+    asyncio.run(scenario())
