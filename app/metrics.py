@@ -15,6 +15,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     generate_latest,
+    multiprocess,
 )
 
 MS_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
@@ -31,7 +32,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        if registry is None:
+        if registry is None and not multiprocess_enabled():
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
         r = self.registry
@@ -68,6 +69,12 @@ class Metrics:
             ("model",), registry=r, multiprocess_mode="livemax")
 
     def render(self) -> bytes:
+        if multiprocess_enabled():
+            # Every worker writes its values to files in PROMETHEUS_MULTIPROC_DIR; any
+            # worker answering a scrape reports the sum over all of them.
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
 
@@ -91,3 +98,19 @@ class ModelObserver:
 
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def prepare_multiprocess_dir() -> str:
+    """Before worker processes start: create (or empty) PROMETHEUS_MULTIPROC_DIR.
+
+    Must run before prometheus_client is imported in the workers, which read the variable
+    at import time. Stale files from an earlier run would otherwise add to the counters.
+    """
+    import shutil
+    import tempfile
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="ortserve-prom-")
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port of `ortserve serve`.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = Field("json", description="JSON lines or text.")
+    shutdown_grace_s: float = Field(30.0, gt=0, description="On SIGTERM, most seconds to "
+                                                            "finish accepted work before exit.")
+    ssl_certfile: str | None = Field(None, description="TLS certificate (PEM) for uvicorn.")
+    ssl_keyfile: str | None = Field(None, description="TLS private key (PEM) for uvicorn.")
 
 
 def load_settings(**overrides) -> Settings:

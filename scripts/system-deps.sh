@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the system tools some tests use: Prometheus (server + promtool), docker-compose
+# (to validate the compose file) and wrk (benchmarks). Needs root or sudo; without either
+# it only says what is missing, and those tests skip outside CI.
+set -euo pipefail
+need=()
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v wrk >/dev/null || need+=(wrk)
+[ ${#need[@]} -eq 0 ] && exit 0
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
+  echo "system-deps: missing ${need[*]} and no root to install them" >&2; exit 0; fi
+if ! command -v apt-get >/dev/null; then
+  echo "system-deps: missing ${need[*]}; install them with your package manager" >&2; exit 0; fi
+echo "system-deps: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq >/dev/null
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
