@@ -1,0 +1,83 @@
+"""Real processes on loopback for integration tests: the service under uvicorn, Prometheus."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError) as exc:
+            last = exc
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not reached in {timeout} s ({last})")
+
+
+class ServiceProcess:
+    """`ortserve serve` in a child process on 127.0.0.1, stopped with SIGTERM."""
+
+    def __init__(self, models: Path, log: Path, workers: int = 1, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        full_env = {**os.environ, "ORTSERVE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
+                    **{k: str(v) for k, v in env.items()}}
+        full_env.pop("PROMETHEUS_MULTIPROC_DIR", None) if workers == 1 else None
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--models", str(models),
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)],
+            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60) -> ServiceProcess:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.logs()}")
+            return httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200
+
+        wait_until(ready, timeout, "service readiness")
+        return self
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def metric_value(text: str, prefix: str) -> float:
+    """Sum of every sample whose line starts with `prefix` (name plus optional labels)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

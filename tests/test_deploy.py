@@ -1,0 +1,83 @@
+"""Checks of the deployment files that run without a Docker engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import ROOT, ServiceProcess
+
+IN_CI = os.environ.get("CI") == "true"
+METRIC = re.compile(r"(?<![:\w])(ortserve_[a-z_]+)(?![:\w])")
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        if IN_CI:
+            pytest.fail(f"{name} is required in CI (scripts/system-deps.sh installs it)")
+        pytest.skip(f"{name} not installed (scripts/system-deps.sh installs it)")
+    return found
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
+def test_hadolint_is_clean(dockerfile):
+    r = subprocess.run([tool("hadolint"), str(ROOT / dockerfile)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("files", [["docker-compose.yml"],
+                                   ["docker-compose.yml", "docker-compose.gpu.yml"]])
+def test_compose_config_is_valid(files):
+    args = [a for f in files for a in ("-f", str(ROOT / f))]
+    r = subprocess.run([tool("docker-compose"), *args, "config"], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "api:" in r.stdout and "prometheus:" in r.stdout and "grafana:" in r.stdout
+
+
+def test_promtool_accepts_config_and_rules():
+    promtool = tool("promtool")
+    for args in (["check", "config", "deploy/prometheus/prometheus.yml"],
+                 ["check", "rules", "deploy/prometheus/rules.yml"]):
+        r = subprocess.run([promtool, *args], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _exported_names(text: str) -> set[str]:
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names.add(name)
+            if kind == "histogram":
+                names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
+
+
+def test_dashboard_and_rules_only_use_exported_metrics(repo, tmp_path):
+    svc = ServiceProcess(repo, tmp_path / "log").wait_ready()
+    try:
+        httpx.post(f"{svc.url}/predict", json={"inputs": ["good"]}, timeout=10)
+        exported = _exported_names(httpx.get(f"{svc.url}/metrics", timeout=10).text)
+    finally:
+        svc.terminate()
+    used = set(METRIC.findall((ROOT / "deploy/prometheus/rules.yml").read_text()))
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/ortserve.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs.append(dashboard["templating"]["list"][0]["query"])
+    for e in exprs:
+        used |= set(METRIC.findall(e))
+    assert len(used) >= 8
+    assert used <= exported, f"not exported by the service: {sorted(used - exported)}"
