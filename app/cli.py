@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +24,9 @@ def _serve(a: argparse.Namespace) -> int:
         if value is not None:
             os.environ[f"ORTSERVE_{key.upper()}"] = str(value)
     settings = Settings()
+    # uvicorn re-raises SIGTERM after its graceful shutdown; exit 0 then, as a drained
+    # service should.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if a.workers > 1:
         from app.metrics import prepare_multiprocess_dir
 

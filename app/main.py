@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.api import health, models, predict
 from app.api import metrics as metrics_api
+from app.auth import AuthMiddleware, KeyStore
 from app.errors import install_handlers
+from app.lifecycle import install_drain_handler
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
@@ -44,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("strict device: %s", exc)
             raise
         state.started = True
+        install_drain_handler(asyncio.get_running_loop(), settings.drain_delay_s,
+                              lambda: setattr(state, "draining", True))
         log.info("serving %d model(s): %s", len(registry.models),
                  ", ".join(f"{n}={s.status}" for n, s in registry.models.items()))
         yield
@@ -56,6 +62,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     for r in (predict.router, models.router, health.router, metrics_api.router):
         app.include_router(r)
+    # Starlette runs the last added middleware first: request context, CORS, auth, app.
+    app.add_middleware(AuthMiddleware, keys=KeyStore(settings.api_keys, settings.api_keys_file),
+                       exempt=settings.auth_exempt_paths, rate=settings.rate_limit_per_s,
+                       burst=settings.rate_limit_burst)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID",
+                                          "X-Request-Timeout"])
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
 

@@ -38,12 +38,17 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
         rid_header = (b"x-request-id", request_id.encode("latin-1"))
+        refused = False
 
-        async def send_wrapper(message):
+        async def send_with_id(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
+
+        async def send_wrapper(message):
+            if not refused:  # after a 413 of ours, the app's late reply is dropped
+                await send_with_id(message)
 
         limit = self.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
@@ -53,18 +58,19 @@ class RequestContextMiddleware:
         received = 0
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and not refused:
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge()
+                    # Answer now and tell the app the client is gone, so it stops reading.
+                    refused = True
+                    await self._too_large(send_with_id, limit)
+                    return {"type": "http.disconnect"}
             return message
 
         try:
             await self.app(scope, limited_receive, send_wrapper)
-        except _BodyTooLarge:
-            await self._too_large(send_wrapper, limit)
         finally:
             self._log(scope, request_id, status["code"], t0)
 
@@ -88,6 +94,3 @@ class RequestContextMiddleware:
             "status": status, "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
             "model": st.get("model"), "version": st.get("version")})
 
-
-class _BodyTooLarge(Exception):
-    pass

@@ -204,7 +204,8 @@ class ModelRegistry:
         t0 = time.perf_counter()
         try:
             svc.pipeline = await asyncio.to_thread(
-                build_pipeline, src.manifest, src.path, s.max_text_chars, s.truncate_text)
+                build_pipeline, src.manifest, src.path, s.max_text_chars, s.truncate_text,
+                s.max_inputs, s.max_rows)
             svc.session = await asyncio.to_thread(
                 create_session, src.path / src.model_file, s.device, s.strict_device,
                 s.tensorrt, s.intra_op_threads, s.inter_op_threads)

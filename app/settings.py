@@ -7,10 +7,10 @@ Nested values (lists, dicts) are given as JSON, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class BatchingOverride(BaseModel):
@@ -63,7 +63,8 @@ class Settings(BaseSettings):
 
     # Limits
     max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body (413).")
-    max_inputs: int = Field(256, ge=1, description="Most inputs (texts or rows) per request.")
+    max_inputs: int = Field(256, ge=1, description="Most texts per request (422).")
+    max_rows: int = Field(1024, ge=1, description="Most feature rows per request (422).")
     max_text_chars: int = Field(10000, ge=1, description="Longest text in characters.")
     truncate_text: bool = Field(False, description="Cut texts past max_text_chars instead of "
                                                    "answering 422.")
@@ -79,6 +80,39 @@ class Settings(BaseSettings):
                                                             "finish accepted work before exit.")
     ssl_certfile: str | None = Field(None, description="TLS certificate (PEM) for uvicorn.")
     ssl_keyfile: str | None = Field(None, description="TLS private key (PEM) for uvicorn.")
+    drain_delay_s: float = Field(
+        5.0, ge=0, description="On SIGTERM, readiness turns 503 at once and new work is still "
+                               "accepted for this long (for load balancers to notice).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS (comma-separated); empty "
+                                          "disables CORS.")
+
+    # Auth
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Accepted API keys (comma-separated); empty "
+                                          "disables auth unless api_keys_file is set.")
+    api_keys_file: Path | None = Field(
+        None, description="File with one API key per line; re-read when it changes "
+                          "(rotation without restart).")
+    auth_exempt_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/health/live", "/health/ready", "/metrics", "/docs",
+                                 "/openapi.json", "/redoc"],
+        description="Paths served without a key (comma-separated).")
+    rate_limit_per_s: float = Field(0.0, ge=0, description="Per-key requests per second "
+                                                           "(token bucket); 0 disables.")
+    rate_limit_burst: int = Field(20, ge=1, description="Per-key bucket size.")
+
+    @field_validator("cors_origins", "api_keys", "auth_exempt_paths", mode="before")
+    @classmethod
+    def _comma_list(cls, v):
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                import json
+
+                return json.loads(v)
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return v
 
 
 def load_settings(**overrides) -> Settings:

@@ -174,3 +174,44 @@ def add_fragile_model(root: Path, name: str = "fragile") -> Path:
         "outputs": {"name": "probabilities"}, "model_file": "model.onnx",
         "batching": {"max_batch_size": 4}})
     return folder
+
+
+def build_slow_rows_model(path: Path, n_features: int, size: int = 1536) -> None:
+    """A classifier that spends real compute on every run: a size^3 MatMul that depends on
+    the input (so it cannot be folded away), multiplied by zero before the output."""
+    rng = np.random.default_rng(2)
+    w = rng.normal(0, 1, (n_features, 2)).astype(np.float32)
+    big = rng.normal(0, 1, (size, size)).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceSum", ["features"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["z0"]),
+        helper.make_node("Add", ["z0", "one"], ["scale"]),
+        helper.make_node("Mul", ["big", "scale"], ["big_s"]),
+        helper.make_node("MatMul", ["big_s", "big"], ["prod1"]),
+        helper.make_node("MatMul", ["prod1", "big"], ["prod"]),
+        helper.make_node("ReduceSum", ["prod"], ["noise"], keepdims=0),
+        helper.make_node("Mul", ["noise", "zero"], ["nothing"]),
+        helper.make_node("MatMul", ["features", "w"], ["z"]),
+        helper.make_node("Add", ["z", "nothing"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_features])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(big, "big"),
+         numpy_helper.from_array(np.array(0, dtype=np.float32), "zero"),
+         numpy_helper.from_array(np.array(1, dtype=np.float32), "one")])
+    _save(graph, path)
+
+
+def add_slow_model(root: Path, name: str = "slow", max_batch_size: int = 1) -> Path:
+    folder = root / name / "1"
+    folder.mkdir(parents=True)
+    build_slow_rows_model(folder / "model.onnx", len(FEATURES))
+    write_manifest(folder, {
+        "name": name, "version": 1, "kind": "tabular-classification", "labels": ["no", "yes"],
+        "inputs": {"type": "features", "features": [{"name": f} for f in FEATURES]},
+        "outputs": {"name": "probabilities"}, "model_file": "model.onnx",
+        "batching": {"max_batch_size": max_batch_size}})
+    return folder

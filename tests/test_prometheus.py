@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
 import httpx
 import yaml
@@ -53,4 +52,3 @@ def test_prometheus_sees_requests_and_latency_rise(repo, tmp_path):
         prom.terminate()
         prom.wait(10)
         svc.terminate()
-    time.sleep(0)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Request
 
 from app.api.schemas import ErrorResponse, ModelPredictRequest, PredictRequest, PredictResponse
-from app.errors import InvalidInput, ModelNotFound
+from app.errors import ModelNotFound
 from app.manifest import NAME_PATTERN
 from app.responses import JSONResponse
 from app.state import AppState, get_state
@@ -39,10 +39,6 @@ async def _predict(state: AppState, request: Request, name: str | None, version:
     if version is not None and svc.version != version:
         raise ModelNotFound(f"model {svc.name} version {version} is not served (serving "
                             f"{svc.version})", {"field": "version"})
-    limit = state.settings.max_inputs
-    if len(inputs) > limit:
-        raise InvalidInput(f"inputs: {len(inputs)} inputs, the limit is {limit} per request",
-                           {"field": "inputs", "limit": limit})
     deadline = state.settings.request_timeout_s
     if timeout is not None:
         deadline = min(deadline, timeout)

@@ -10,14 +10,15 @@ from app.pipelines.tabular import TabularClassificationPipeline, TabularRegressi
 from app.pipelines.text import TextClassificationPipeline
 
 
-def build_pipeline(manifest: Manifest, folder: Path, max_text_chars: int,
-                   truncate_text: bool) -> Pipeline:
+def build_pipeline(manifest: Manifest, folder: Path, max_text_chars: int = 10000,
+                   truncate_text: bool = False, max_inputs: int = 256,
+                   max_rows: int = 1024) -> Pipeline:
     if manifest.kind == "text-classification":
         return TextClassificationPipeline(manifest, folder / manifest.tokenizer_file,
-                                          max_text_chars, truncate_text)
+                                          max_text_chars, truncate_text, max_inputs)
     if manifest.kind == "tabular-classification":
-        return TabularClassificationPipeline(manifest)
-    return TabularRegressionPipeline(manifest)
+        return TabularClassificationPipeline(manifest, max_rows)
+    return TabularRegressionPipeline(manifest, max_rows)
 
 
 __all__ = ["Pipeline", "build_pipeline"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from app.errors import InvalidInput
 from app.manifest import Manifest
 
 RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -19,9 +20,18 @@ class Pipeline(ABC):
     Nothing here knows about HTTP: invalid inputs raise `app.errors.InvalidInput`.
     """
 
-    def __init__(self, manifest: Manifest) -> None:
+    unit = "inputs"
+
+    def __init__(self, manifest: Manifest, max_items: int) -> None:
         self.manifest = manifest
         self.labels = manifest.labels
+        self.max_items = max_items
+
+    def check_count(self, inputs: Sequence[Any]) -> None:
+        if len(inputs) > self.max_items:
+            raise InvalidInput(f"inputs: {len(inputs)} {self.unit}, the limit is "
+                               f"{self.max_items} per request",
+                               {"field": "inputs", "limit": self.max_items})
 
     @abstractmethod
     def preprocess(self, inputs: Sequence[Any]) -> tuple[list[Any], list[int]]:

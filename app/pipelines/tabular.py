@@ -14,8 +14,10 @@ from app.pipelines.base import Pipeline
 
 
 class _RowsPipeline(Pipeline):
-    def __init__(self, manifest: Manifest) -> None:
-        super().__init__(manifest)
+    unit = "rows"
+
+    def __init__(self, manifest: Manifest, max_rows: int) -> None:
+        super().__init__(manifest, max_rows)
         self.features = [f.name for f in manifest.inputs.features or []]
         self._index = {name: j for j, name in enumerate(self.features)}
 
@@ -50,6 +52,7 @@ class _RowsPipeline(Pipeline):
             return np.asarray(values, dtype=np.float32)
 
     def preprocess(self, inputs: Sequence[Any]) -> tuple[list[Any], list[int]]:
+        self.check_count(inputs)
         rows = [self._row(i, r) for i, r in enumerate(inputs)]
         if any(not np.isfinite(r).all() for r in rows):  # finite doubles out of float32 range
             bad = next(i for i, r in enumerate(rows) if not np.isfinite(r).all())

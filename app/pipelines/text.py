@@ -16,9 +16,11 @@ from app.pipelines.base import Pipeline
 
 
 class TextClassificationPipeline(Pipeline):
+    unit = "texts"
+
     def __init__(self, manifest: Manifest, tokenizer_path: Path, max_text_chars: int,
-                 truncate_text: bool) -> None:
-        super().__init__(manifest)
+                 truncate_text: bool, max_inputs: int) -> None:
+        super().__init__(manifest, max_inputs)
         self.max_length = int(manifest.inputs.max_length)
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         self.tokenizer.no_padding()
@@ -28,6 +30,7 @@ class TextClassificationPipeline(Pipeline):
         self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
 
     def preprocess(self, inputs: Sequence[Any]) -> tuple[list[Any], list[int]]:
+        self.check_count(inputs)
         texts = []
         for i, text in enumerate(inputs):
             if not isinstance(text, str):

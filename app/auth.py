@@ -1,0 +1,107 @@
+"""Optional API-key auth (`Authorization: Bearer <key>`) with a per-key token bucket.
+
+Keys come from settings and/or a file re-read when it changes, so keys rotate without a
+restart. Keys are compared in constant time and never logged; buckets are keyed by a
+hash of the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from pathlib import Path
+
+import orjson
+
+from app.errors import error_body
+
+
+class KeyStore:
+    def __init__(self, keys: list[str], key_file: Path | None) -> None:
+        self._static = [k.encode() for k in keys if k]
+        self._file = key_file
+        self._file_keys: list[bytes] = []
+        self._mtime: float | None = None
+        self._checked = 0.0
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if self._file is None or now - self._checked < 1.0:
+            return
+        self._checked = now
+        try:
+            mtime = self._file.stat().st_mtime
+        except OSError:
+            self._file_keys, self._mtime = [], None
+            return
+        if mtime != self._mtime:
+            lines = self._file.read_text().splitlines()
+            self._file_keys = [ln.strip().encode() for ln in lines
+                               if ln.strip() and not ln.startswith("#")]
+            self._mtime = mtime
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._static) or self._file is not None
+
+    def matches(self, candidate: bytes) -> bool:
+        self._refresh()
+        found = False
+        for key in (*self._static, *self._file_keys):
+            found |= hmac.compare_digest(candidate, key)  # no early exit: constant time
+        return found
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens: dict[str, tuple[float, float]] = {}
+
+    def take(self, who: str) -> float:
+        """0 when allowed, else seconds until a token is available."""
+        now = time.monotonic()
+        tokens, last = self.tokens.get(who, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            self.tokens[who] = (tokens - 1, now)
+            return 0.0
+        self.tokens[who] = (tokens, now)
+        return (1 - tokens) / self.rate
+
+
+class AuthMiddleware:
+    def __init__(self, app, keys: KeyStore, exempt: list[str], rate: float, burst: int) -> None:
+        self.app = app
+        self.keys = keys
+        self.exempt = set(exempt)
+        self.bucket = TokenBucket(rate, burst) if rate > 0 else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not self.keys.enabled or scope["path"] in self.exempt:
+            return await self.app(scope, receive, send)
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        if header is None or not header[:7].lower() == b"bearer " or not header[7:].strip():
+            return await _reply(send, 401, "unauthorized",
+                                "missing API key: send 'Authorization: Bearer <key>'",
+                                [(b"www-authenticate", b"Bearer")])
+        key = header[7:].strip()
+        if not self.keys.matches(key):
+            return await _reply(send, 403, "forbidden", "API key not accepted")
+        if self.bucket is not None:
+            wait = self.bucket.take(hashlib.sha256(key).hexdigest())
+            if wait > 0:
+                return await _reply(send, 429, "rate_limited",
+                                    f"rate limit exceeded; retry in {wait:.2f} s",
+                                    [(b"retry-after", str(math.ceil(wait)).encode())])
+        return await self.app(scope, receive, send)
+
+
+async def _reply(send, status: int, code: str, message: str,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = orjson.dumps(error_body(code, message))
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})

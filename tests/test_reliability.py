@@ -1,0 +1,154 @@
+"""Limits, backpressure, deadlines, auth and input safety, on the real app over httpx."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.builders import add_slow_model
+from tests.servers import metric_value
+
+pytestmark = pytest.mark.anyio
+ROW = [0.5, 0.1, 0.2, 0.3]
+
+
+async def test_body_over_the_limit_is_413(make_client):
+    client = await make_client(max_body_bytes=200)
+    r = await client.post("/predict", json={"inputs": ["good " * 100]})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+    async def chunks():  # no Content-Length: the limit applies while reading
+        for _ in range(10):
+            yield b"x" * 100
+
+    r = await client.post("/predict", content=chunks(), headers={
+        "content-type": "application/json"})
+    assert r.status_code == 413
+
+
+async def test_count_and_length_limits_are_422_naming_the_limit(make_client):
+    client = await make_client(max_inputs=3, max_rows=2, max_text_chars=10)
+    r = await client.post("/predict", json={"inputs": ["a"] * 4})
+    assert r.status_code == 422 and "limit is 3" in r.json()["error"]["message"]
+    r = await client.post("/predict", json={"model": "tabular", "inputs": [ROW] * 3})
+    assert r.status_code == 422 and "limit is 2" in r.json()["error"]["message"]
+    r = await client.post("/predict", json={"inputs": ["good", "x" * 11]})
+    err = r.json()["error"]
+    assert r.status_code == 422 and err["details"]["field"] == "inputs[1]"
+    assert "ORTSERVE_TRUNCATE_TEXT" in err["message"]
+
+
+async def test_long_texts_are_cut_when_truncation_is_on(make_client):
+    client = await make_client(max_text_chars=10, truncate_text=True)
+    long = (await client.post("/predict", json={"inputs": ["good " * 2 + "bad " * 50]})).json()
+    short = (await client.post("/predict", json={"inputs": [("good " * 2 + "bad ")[:10]]})).json()
+    assert long["predictions"] == short["predictions"]
+
+
+async def test_full_queue_answers_503_with_retry_after_at_once(make_client, repo):
+    add_slow_model(repo)
+    client = await make_client(batching={"slow": {"max_queue_size": 2}})
+    reqs = [client.post("/predict", json={"model": "slow", "inputs": [ROW]}) for _ in range(8)]
+    rs = await asyncio.gather(*reqs)
+    codes = [r.status_code for r in rs]
+    assert codes.count(200) >= 2 and 503 in codes
+    rejected = next(r for r in rs if r.status_code == 503)
+    assert rejected.headers["retry-after"] == "1"
+    assert rejected.json()["error"]["code"] == "queue_full"
+    m = (await client.get("/metrics")).text
+    assert metric_value(m, 'ortserve_requests_total{model="slow",outcome="rejected"') == \
+        codes.count(503)
+
+
+async def test_deadline_gives_504_and_the_item_never_runs(make_client, repo):
+    add_slow_model(repo)
+    client = await make_client()
+    svc = client.app.state.ortserve.registry.get("slow")
+    first = asyncio.ensure_future(client.post("/predict", json={"model": "slow",
+                                                                 "inputs": [ROW] }))
+    await asyncio.sleep(0.02)
+    runs_before = svc.queue.batches_run
+    late = await client.post("/predict", json={"model": "slow", "inputs": [ROW, ROW, ROW]},
+                             headers={"X-Request-Timeout": "0.01"})
+    assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
+    assert (await first).status_code == 200
+    await svc.queue.drain()
+    # the first request's batch may still have been counted; the 504'd items never ran
+    assert svc.queue.batches_run - runs_before <= 1
+    m = (await client.get("/metrics")).text
+    assert metric_value(m, 'ortserve_requests_total{model="slow",outcome="timeout"') == 1
+
+
+async def test_header_cannot_raise_the_server_deadline(make_client, repo):
+    add_slow_model(repo)
+    client = await make_client(request_timeout_s=0.001)
+    r = await client.post("/predict", json={"model": "slow", "inputs": [ROW]},
+                          headers={"X-Request-Timeout": "100"})
+    assert r.status_code == 504
+
+
+async def test_api_keys(make_client, tmp_path, capsys):
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("file-key-1\n")
+    client = await make_client(api_keys="alpha,beta", api_keys_file=keyfile)
+    body = {"inputs": ["good"]}
+    r = await client.post("/predict", json=body)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = await client.post("/predict", json=body, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 403
+    for key in ("alpha", "beta", "file-key-1"):
+        r = await client.post("/predict", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, key
+    assert (await client.get("/health/ready")).status_code == 200  # exempt
+    assert (await client.get("/metrics")).status_code == 200
+    # rotation without restart: the file is re-read when it changes
+    import os
+    import time
+
+    keyfile.write_text("file-key-2\n")
+    os.utime(keyfile, (time.time() + 5, time.time() + 5))
+    await asyncio.sleep(1.1)
+    h1 = {"Authorization": "Bearer file-key-1"}
+    h2 = {"Authorization": "Bearer file-key-2"}
+    assert (await client.post("/predict", json=body, headers=h1)).status_code == 403
+    assert (await client.post("/predict", json=body, headers=h2)).status_code == 200
+    logs = capsys.readouterr().err
+    assert "alpha" not in logs and "file-key" not in logs and "nope" not in logs
+
+
+async def test_rate_limit_per_key(make_client):
+    client = await make_client(api_keys="k1,k2", rate_limit_per_s=0.5, rate_limit_burst=2)
+    h1, h2 = {"Authorization": "Bearer k1"}, {"Authorization": "Bearer k2"}
+    codes = [(await client.post("/predict", json={"inputs": ["good"]}, headers=h1)).status_code
+             for _ in range(3)]
+    assert codes == [200, 200, 429]
+    r = await client.post("/predict", json={"inputs": ["good"]}, headers=h1)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert (await client.post("/predict", json={"inputs": ["ok"]}, headers=h2)).status_code == 200
+
+
+async def test_cors_is_off_by_default_and_configurable(make_client):
+    client = await make_client()
+    pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    r = await client.options("/predict", headers=pre)
+    assert "access-control-allow-origin" not in r.headers
+    client = await make_client(cors_origins="https://app.example")
+    r = await client.options("/predict", headers=pre)
+    assert r.headers["access-control-allow-origin"] == "https://app.example"
+
+
+@pytest.mark.parametrize("path", ["/models/..%2F..%2Fetc/predict", "/models/%2e%2e/predict",
+                                  "/models/Sentiment/predict", "/models/a%00b"])
+async def test_model_names_cannot_reach_the_filesystem(client, path):
+    method = client.post if path.endswith("predict") else client.get
+    r = await (method(path, json={"inputs": ["x"]}) if method == client.post else method(path))
+    assert r.status_code in (404, 422)
+    assert "error" in r.json()
+
+
+async def test_request_id_is_kept_or_made(client):
+    r = await client.get("/health/live", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    r = await client.get("/health/live")
+    assert len(r.headers["x-request-id"]) == 32
