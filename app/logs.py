@@ -13,7 +13,7 @@ _STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-               "logger": record.name, "message": record.getMessage()}
+               "logger": record.name, "pid": record.process, "message": record.getMessage()}
         out.update({k: v for k, v in vars(record).items() if k not in _STD})
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)

@@ -1,0 +1,167 @@
+"""The service as a real uvicorn process: drain on SIGTERM, disconnects, slow neighbours,
+several worker processes behind one /metrics."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.builders import add_slow_model
+from tests.servers import ServiceProcess, metric_value, wait_until
+
+ROW = [0.5, 0.1, 0.2, 0.3]
+
+
+def test_sigterm_drains_accepted_work_and_exits_zero(repo, tmp_path):
+    add_slow_model(repo, max_batch_size=4)
+    svc = ServiceProcess(repo, tmp_path / "log", ORTSERVE_DRAIN_DELAY_S="1",
+                         ORTSERVE_SHUTDOWN_GRACE_S="30").wait_ready()
+    rows = [[i / 10, 1, 2, 3] for i in range(8)]
+    expected = {}
+    for model in ("slow", "tabular", "sentiment"):
+        inputs = ["good day", "bad movie"] if model == "sentiment" else rows
+        r = httpx.post(f"{svc.url}/predict", json={"model": model, "inputs": inputs}, timeout=30)
+        expected[model] = (inputs, r.json()["predictions"])
+
+    results, stop = [], threading.Event()
+    ready_codes = []
+
+    def client(model: str):
+        inputs, want = expected[model]
+        with httpx.Client(timeout=60) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post(f"{svc.url}/predict", json={"model": model, "inputs": inputs})
+                except httpx.TransportError:
+                    results.append(("refused", None))  # not accepted: no listener any more
+                    time.sleep(0.05)
+                    continue
+                results.append((r.status_code, r.json()["predictions"] == want
+                                if r.status_code == 200 else r.text))
+
+    threads = [threading.Thread(target=client, args=(m,))
+               for m in ("slow", "slow", "slow", "tabular", "sentiment", "sentiment")]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    svc.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: ready_codes.append(
+        httpx.get(f"{svc.url}/health/ready", timeout=2).status_code) or ready_codes[-1] == 503,
+        5, "readiness 503 after SIGTERM")
+    code = svc.proc.wait(60)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    svc.terminate()
+    assert code == 0, svc.logs()[-3000:]
+    answered = [r for r in results if r[0] != "refused"]
+    assert len(answered) > 10
+    bad = [r for r in answered if r != (200, True)]
+    assert bad == [], bad[:5]
+    assert "readiness is now 503" in svc.logs()
+
+
+def test_client_gone_while_queued_is_dropped_before_it_runs(repo, tmp_path):
+    add_slow_model(repo, max_batch_size=1)
+    svc = ServiceProcess(repo, tmp_path / "log").wait_ready()
+    try:
+        metrics = lambda: httpx.get(f"{svc.url}/metrics", timeout=10).text  # noqa: E731
+        size_count = 'ortserve_batch_size_count{model="slow",version="1"}'
+        base = metric_value(metrics(), size_count)
+        codes = []
+
+        def busy() -> None:
+            r = httpx.post(f"{svc.url}/predict", json={"model": "slow", "inputs": [ROW]},
+                           timeout=60)
+            codes.append(r.status_code)
+
+        # keep the model busy, then queue requests whose clients hang up
+        threads = [threading.Thread(target=busy) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.1)
+        body = json.dumps({"model": "slow", "inputs": [ROW]}).encode()
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", svc.port))
+            s.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
+                      b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            time.sleep(0.02)
+            s.close()
+        for t in threads:
+            t.join(60)
+        assert codes == [200, 200, 200]
+        wait_until(lambda: metric_value(metrics(), 'ortserve_requests_total{model="slow",'
+                                        'outcome="cancelled"') == 4, 20, "4 cancelled")
+        time.sleep(0.5)
+        assert metric_value(metrics(), size_count) - base == 3  # only the busy ones ran
+        r = httpx.post(f"{svc.url}/predict", json={"model": "slow", "inputs": [ROW]}, timeout=30)
+        assert r.status_code == 200
+    finally:
+        svc.terminate()
+
+
+def test_a_slow_model_does_not_hold_up_the_others(repo, tmp_path):
+    add_slow_model(repo, max_batch_size=1)
+    svc = ServiceProcess(repo, tmp_path / "log").wait_ready()
+    done: list[tuple[str, float]] = []
+    try:
+        def call(model: str, inputs):
+            r = httpx.post(f"{svc.url}/predict", json={"model": model, "inputs": inputs},
+                           timeout=60)
+            assert r.status_code == 200
+            done.append((model, time.monotonic()))
+
+        slow = [threading.Thread(target=call, args=("slow", [ROW])) for _ in range(6)]
+        for t in slow:
+            t.start()
+        time.sleep(0.1)
+        fast = [threading.Thread(target=call, args=(m, i)) for m, i in
+                [("tabular", [ROW]), ("sentiment", ["good"]), ("regression", [ROW])] * 2]
+        for t in fast:
+            t.start()
+        for t in fast + slow:
+            t.join(60)
+    finally:
+        svc.terminate()
+    order = [m for m, _ in sorted(done, key=lambda x: x[1])]
+    assert len(order) == 12
+    # every fast request finished before the slow model worked through its queue
+    assert order[-1] == "slow"
+    last_fast = max(i for i, m in enumerate(order) if m != "slow")
+    assert order[last_fast + 1:].count("slow") >= 2
+
+
+def test_two_workers_report_the_whole_service_in_metrics(repo, tmp_path):
+    svc = ServiceProcess(repo, tmp_path / "log", workers=2,
+                         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom")).wait_ready()
+    try:
+        n = 48
+
+        def send(i: int) -> None:
+            with httpx.Client(timeout=30) as c:
+                r = c.post(f"{svc.url}/predict", json={"model": "tabular",
+                                                       "inputs": [[i, 0, 0, 0]]})
+                assert r.status_code == 200
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        lines = [json.loads(ln) for ln in svc.logs().splitlines() if ln.startswith("{")]
+        pids = {ln["pid"] for ln in lines if "ready on" in ln["message"]}
+        key = 'ortserve_requests_total{model="tabular",outcome="success"'
+        # every scrape, whichever worker answers it, sums over both workers
+        for _ in range(6):
+            text = httpx.get(f"{svc.url}/metrics", timeout=10,
+                             headers={"Connection": "close"}).text
+            assert metric_value(text, key) == n
+        assert len(pids) == 2
+    finally:
+        assert svc.terminate() in (0, -15)
