@@ -175,7 +175,8 @@ request_plan = st.lists(
     min_size=1, max_size=12)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=request_plan, max_batch=st.integers(1, 8), budget=st.integers(1, 40))
 def test_any_interleaving_gives_each_survivor_exactly_its_results(plan, max_batch, budget):
     async def scenario():
@@ -207,7 +208,7 @@ def test_any_interleaving_gives_each_survivor_exactly_its_results(plan, max_batc
                 continue
             assert got == [v * 2 for v in values]
         ran = [v for b in model.batches for v in b]
-        for job, values, cancel, _ in jobs:
+        for _job, values, cancel, _ in jobs:
             if cancel:
                 assert not set(values) & set(ran) - {-1}
         await q.close()

@@ -10,7 +10,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from tests.builders import add_slow_model
 from tests.servers import ServiceProcess, metric_value, wait_until

@@ -70,7 +70,7 @@ async def test_deadline_gives_504_and_the_item_never_runs(make_client, repo):
     await asyncio.sleep(0.02)
     runs_before = svc.queue.batches_run
     late = await client.post("/predict", json={"model": "slow", "inputs": [ROW, ROW, ROW]},
-                             headers={"X-Request-Timeout": "0.01"})
+                             headers={"X-Request-Timeout": "0.05"})
     assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
     assert (await first).status_code == 200
     await svc.queue.drain()

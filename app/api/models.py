@@ -13,14 +13,17 @@ from app.state import AppState, get_state
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models", response_model=ModelList, summary="Every configured model and its status")
+@router.get("/models", response_model=ModelList,
+            responses={c: ERRORS[c] for c in (401, 403, 429)},
+            summary="Every configured model and its status")
 async def list_models(state: Annotated[AppState, Depends(get_state)]):
     reg = state.registry
     return {"default_model": reg.default_model(),
             "models": [svc.describe() for svc in reg.models.values()]}
 
 
-@router.get("/models/{name}", response_model=ModelDetail, responses={404: ERRORS[404]},
+@router.get("/models/{name}", response_model=ModelDetail,
+            responses={c: ERRORS[c] for c in (401, 403, 404, 422, 429)},
             summary="One model: manifest, test metrics, provider, status, batching")
 async def get_model(name: ModelName, state: Annotated[AppState, Depends(get_state)]):
     return state.registry.get(name).describe(full=True)

@@ -15,12 +15,14 @@ from app.state import AppState, get_state
 
 router = APIRouter(tags=["predict"])
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 503, 504)}
+ERRORS = {code: {"model": ErrorResponse}
+          for code in (400, 401, 403, 404, 413, 422, 429, 500, 503, 504)}
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN.pattern, max_length=128,
                                 description="Model name.")]
 TimeoutHeader = Annotated[float | None, Header(
-    alias="X-Request-Timeout", gt=0,
-    description="Seconds before this request gives up (504); capped by the server setting.")]
+    alias="X-Request-Timeout", ge=0.05,
+    description="Seconds (at least 0.05) before this request gives up with 504; the "
+                "server setting caps it.")]
 
 
 async def _client_gone(request: Request) -> None:

@@ -1,0 +1,55 @@
+"""schemathesis against the live OpenAPI schema of a real uvicorn-served instance: no 5xx
+for any generated request, and every response conforms to the schema."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.builders import build_repository
+from tests.servers import ServiceProcess
+
+
+@pytest.fixture(scope="module")
+def live_service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz")
+    svc = ServiceProcess(build_repository(root / "models"), root / "log",
+                         ORTSERVE_LOG_LEVEL="warning").wait_ready()
+    yield svc
+    svc.terminate()
+
+
+@pytest.fixture(scope="module")
+def api_schema(live_service):
+    return schemathesis.openapi.from_url(f"{live_service.url}/openapi.json")
+
+
+OPERATIONS = ["POST /predict", "POST /models/{name}/predict", "GET /models",
+              "GET /models/{name}", "GET /health/live", "GET /health/ready", "GET /metrics"]
+
+
+def test_schema_lists_every_operation(api_schema):
+    found = {op.ok().label for op in api_schema.get_all_operations()}
+    assert found == set(OPERATIONS)
+
+
+@pytest.mark.parametrize("label", OPERATIONS)
+def test_no_server_errors_and_responses_match_the_schema(api_schema, label):
+    operation = next(op.ok() for op in api_schema.get_all_operations()
+                     if op.ok().label == label)
+
+    @settings(max_examples=30, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy())
+    def check(case):
+        case.call_and_validate(checks=[not_a_server_error, status_code_conformance,
+                                       content_type_conformance, response_schema_conformance])
+
+    check()
