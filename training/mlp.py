@@ -115,7 +115,8 @@ def fit(model: nn.Module, loss_fn, X_train: np.ndarray, y_train: np.ndarray,
         model.eval()
         with torch.no_grad():
             val_loss = float(loss_fn(model, Xv, yv))
-        bar.set_postfix(loss=f"{total / len(Xt):.4f}", val_loss=f"{val_loss:.4f}")
+        bar.set_postfix(loss=f"{total / len(Xt):.4f}", val_loss=f"{val_loss:.4f}",
+                        refresh=False)
         if val_loss < best_loss - 1e-6:
             best_loss, best_epoch, waited = val_loss, epoch, 0
             best_state = copy.deepcopy(model.state_dict())

@@ -190,7 +190,8 @@ def train_classifier(model: TextClassifier, seqs: list[list[int]], y: np.ndarray
         step += 1
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}", best_val_acc=f"{max(best_acc, 0):.4f}")
+        bar.set_postfix(loss=f"{running:.4f}", best_val_acc=f"{max(best_acc, 0):.4f}",
+                        refresh=False)
         if step % eval_every == 0 or step == total_steps:
             probs = predict_torch(model, val_seqs, "validation")
             acc = float((probs.argmax(1) == y[val_idx]).mean())
