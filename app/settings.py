@@ -28,10 +28,12 @@ class Settings(BaseSettings):
 
     # Model repository
     models_dir: Path = Field(Path("models"), description="Model repository root.")
-    models: list[str] = Field(default_factory=list,
-                              description="Models to load; empty loads every model found.")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Models to load (comma-separated); empty loads "
+                                          "every model found.")
     model_versions: dict[str, int] = Field(
-        default_factory=dict, description="Pin a model to a version; default is the highest.")
+        default_factory=dict, description="Pin versions (JSON), e.g. {\"sentiment\": 2}; "
+                                          "default is each model's highest version.")
     default_model: str | None = Field(
         None, description="Model used by POST /predict when the request names none; "
                           "default: the only model if there is one, else 'sentiment' if loaded.")
@@ -59,7 +61,9 @@ class Settings(BaseSettings):
                                                        "batch is not full; 0 never waits.")
     max_queue_size: int = Field(1024, ge=1, description="Inputs queued per model before 503.")
     batching: dict[str, BatchingOverride] = Field(default_factory=dict,
-                                                  description="Per-model batching overrides.")
+                                                  description="Per-model batching overrides "
+                                                              "(JSON), e.g. {\"sentiment\": "
+                                                              "{\"max_batch_size\": 32}}.")
 
     # Limits
     max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body (413).")
@@ -74,7 +78,8 @@ class Settings(BaseSettings):
     # Server
     host: str = Field("127.0.0.1", description="Bind address of `ortserve serve`.")
     port: int = Field(8000, ge=1, le=65535, description="Port of `ortserve serve`.")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the service's own logs.")
     log_format: Literal["json", "text"] = Field("json", description="JSON lines or text.")
     shutdown_grace_s: float = Field(30.0, gt=0, description="On SIGTERM, most seconds to "
                                                             "finish accepted work before exit.")
@@ -102,7 +107,7 @@ class Settings(BaseSettings):
                                                            "(token bucket); 0 disables.")
     rate_limit_burst: int = Field(20, ge=1, description="Per-key bucket size.")
 
-    @field_validator("cors_origins", "api_keys", "auth_exempt_paths", mode="before")
+    @field_validator("models", "cors_origins", "api_keys", "auth_exempt_paths", mode="before")
     @classmethod
     def _comma_list(cls, v):
         if isinstance(v, str):

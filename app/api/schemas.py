@@ -81,6 +81,13 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    max_batch_tokens: int
+    max_delay_ms: float
+    max_queue_size: int
+
+
 class ModelSummary(BaseModel):
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
         "name": "sentiment", "version": 1, "status": "ready", "error": None,
@@ -100,7 +107,7 @@ class ModelSummary(BaseModel):
     provider: str | None
     providers: list[str] | None
     requested_providers: list[str] | None
-    batching: dict[str, float] | None
+    batching: BatchingInfo | None
 
 
 class ModelList(BaseModel):

@@ -1,0 +1,1 @@
+"""Benchmark harness: the service under load beside the ceilings of the same machine."""

@@ -1,0 +1,184 @@
+"""`python -m bench run|soak`: benchmark the service beside its ceilings, or soak it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bench import ceilings, load, report
+from bench.server import Service
+from bench.workloads import heldout_rows, heldout_texts, rows_workload, text_workload
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def latest(models: Path, name: str) -> Path:
+    versions = sorted((p for p in (models / name).iterdir() if p.name.isdigit()),
+                      key=lambda p: int(p.name))
+    return versions[-1]
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def batch_stats(svc: Service, model: str, before: tuple[float, float]) -> float | None:
+    s = svc.metric("ortserve_batch_size_sum", f'model="{model}"')
+    c = svc.metric("ortserve_batch_size_count", f'model="{model}"')
+    return (s - before[0]) / (c - before[1]) if c > before[1] else None
+
+
+def closed(svc: Service, wl, conc: int, seconds: float) -> dict:
+    marks = (svc.metric("ortserve_batch_size_sum", f'model="{wl.model}"'),
+             svc.metric("ortserve_batch_size_count", f'model="{wl.model}"'))
+    r = svc.measure(lambda: load.closed_loop(svc.url, wl.path, wl.bodies, conc, seconds))
+    r.update(workload=wl.name, model=wl.model, concurrency=conc,
+             inputs_per_s=r["rps"] * wl.inputs_per_request,
+             mean_batch=batch_stats(svc, wl.model, marks))
+    print(f"  {wl.name:12s} c={conc:<4d} {r['inputs_per_s']:9.1f} inputs/s  "
+          f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  "
+          f"batch {r['mean_batch'] or 0:.1f}", flush=True)
+    return r
+
+
+def run(a: argparse.Namespace) -> int:
+    if not load.wrk_available():
+        print("wrk not found: scripts/system-deps.sh installs it", file=sys.stderr)
+        return 2
+    models = Path(a.models)
+    secs = a.seconds
+    levels = [1, 4, 16, 64, 256]
+    threads = int(os.environ.get("ORTSERVE_INTRA_OP_THREADS", "0"))
+    sent_dir, tab_dir = latest(models, "sentiment"), latest(models, "breast-cancer")
+    manifest = json.loads((sent_dir / "model.json").read_text())
+    texts, rows = heldout_texts(), heldout_rows()
+    results: dict = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                                 "python": platform.python_version()},
+                     "command": " ".join(["python -m bench"] + sys.argv[1:]),
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "served_file": manifest["model_file"], "settings": {"threads": threads}}
+    print("ceilings (in-process ONNX Runtime, same files and threads)", flush=True)
+    results["ceiling_served"] = ceilings.model_ceiling(sent_dir, texts, threads=threads,
+                                                       seconds=a.ceiling_seconds)
+    fp32 = manifest.get("variants", {}).get("fp32", {}).get("file", "model.onnx")
+    results["ceiling_fp32"] = ceilings.model_ceiling(sent_dir, texts, fp32, threads,
+                                                     seconds=a.ceiling_seconds)
+    results["ceiling_tabular"] = ceilings.model_ceiling(tab_dir, rows, threads=threads,
+                                                        seconds=a.ceiling_seconds)
+    for k in ("ceiling_served", "ceiling_fp32", "ceiling_tabular"):
+        c = results[k]
+        print(f"  {k:16s} {c['throughput']:9.1f} inputs/s at batch {c['best_batch']}, "
+              f"single item {c['single_p50_ms']:.2f} ms", flush=True)
+
+    text1 = text_workload("sentiment", 1)
+    text16 = text_workload("sentiment", 16)
+    tab1 = rows_workload("breast-cancer", 1)
+    tab64 = rows_workload("breast-cancer", 64)
+    svc = Service(models, url=a.url)
+    try:
+        print("HTTP ceiling: GET /health/live", flush=True)
+        results["http"] = []
+        for c in levels:
+            r = svc.measure(lambda c=c: load.closed_loop(svc.url, "/health/live", None, c,
+                                                         secs, method="GET"))
+            r.update(concurrency=c)
+            results["http"].append(r)
+            print(f"  c={c:<4d} {r['rps']:9.1f} req/s  p50 {r['p50_ms']:.2f} ms", flush=True)
+        print("served", flush=True)
+        results["closed"] = []
+        for wl, lv in ((text1, levels), (text16, levels[:4]), (tab1, levels),
+                       (tab64, levels[:4])):
+            for c in lv:
+                results["closed"].append(closed(svc, wl, c, secs))
+        print("mixed: sentiment x1 and tabular x1 at c=32 each", flush=True)
+        mixed: dict = {}
+
+        def side(wl, key):
+            mixed[key] = load.closed_loop(svc.url, wl.path, wl.bodies, 32, secs)
+
+        def both():
+            ts = [threading.Thread(target=side, args=(text1, "sentiment")),
+                  threading.Thread(target=side, args=(tab1, "tabular"))]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            return {}
+
+        usage = svc.measure(both)
+        results["mixed"] = {**mixed, **usage}
+        for k in ("sentiment", "tabular"):
+            print(f"  {k:10s} {mixed[k]['rps']:9.1f} req/s  p99 {mixed[k]['p99_ms']:.2f} ms")
+        c64 = next(r for r in results["closed"]
+                   if r["workload"] == text1.name and r["concurrency"] == 64)
+        print("open loop: text x1 at fixed arrival rates", flush=True)
+        results["open"] = []
+        for f in (0.25, 0.5, 0.75, 1.0, 1.5, 2.0):
+            rate = max(1.0, c64["rps"] * f)
+            r = svc.measure(lambda rate=rate: load.open_loop(svc.url, "/predict", text1.bodies,
+                                                             rate, secs))
+            r.update(fraction=f)
+            results["open"].append(r)
+            print(f"  offered {rate:8.1f}/s  accepted {r['rps']:8.1f}/s  rejected "
+                  f"{r['rejected_503']}  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms",
+                  flush=True)
+    finally:
+        svc.stop()
+    if a.url is None:
+        print("naive baseline: max_batch_size=1", flush=True)
+        naive = Service(models, env={"ORTSERVE_BATCHING": json.dumps(
+            {"sentiment": {"max_batch_size": 1}})})
+        try:
+            results["naive"] = [closed(naive, text1, c, secs) for c in (1, 64)]
+        finally:
+            naive.stop()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "results").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results" / "latest.json").write_text(json.dumps(results, indent=1))
+    report.write(results, out)
+    print(f"report: {out / 'benchmarks.md'}")
+    return 0
+
+
+def soak(a: argparse.Namespace) -> int:
+    from bench.soak import run_soak
+
+    return run_soak(Path(a.models), a.minutes, a.factor, Path(a.out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    p = argparse.ArgumentParser(prog="python -m bench")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="the full benchmark and docs/benchmarks.md")
+    r.add_argument("--models", default="models")
+    r.add_argument("--url", help="benchmark a running service instead of starting one")
+    r.add_argument("--seconds", type=float, default=8.0, help="per load level")
+    r.add_argument("--ceiling-seconds", type=float, default=3.0)
+    r.add_argument("--out", default="docs")
+    r.set_defaults(func=run)
+    s = sub.add_parser("soak", help="bounded overload run; writes docs/reliability.md")
+    s.add_argument("--models", default="models")
+    s.add_argument("--minutes", type=float, default=5.0)
+    s.add_argument("--factor", type=float, default=2.0, help="offered load / capacity")
+    s.add_argument("--out", default="docs")
+    s.set_defaults(func=soak)
+    a = p.parse_args(argv)
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+-- wrk script: cycles through request bodies (one JSON per line of the file named by
+-- BENCH_BODIES) and prints a JSON summary with the percentiles the report needs.
+local bodies = {}
+local idx = 0
+local method = os.getenv("BENCH_METHOD") or "POST"
+local path = os.getenv("BENCH_PATH") or "/predict"
+
+init = function(args)
+  local file = os.getenv("BENCH_BODIES")
+  if file and file ~= "" then
+    for line in io.lines(file) do bodies[#bodies + 1] = line end
+  end
+  math.randomseed(os.time())
+  if #bodies > 0 then idx = math.random(#bodies) end
+end
+
+request = function()
+  if #bodies == 0 then
+    return wrk.format(method, path)
+  end
+  idx = idx % #bodies + 1
+  return wrk.format(method, path, {["Content-Type"] = "application/json"}, bodies[idx])
+end
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, ' ..
+    '"write": %d, "status": %d, "timeout": %d, "p50_us": %d, "p95_us": %d, ' ..
+    '"p99_us": %d, "max_us": %d, "mean_us": %.1f}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max,
+    latency.mean))
+end
