@@ -218,9 +218,11 @@ class ModelRegistry:
         session, pipeline = svc.session, svc.pipeline
         names = set(session.input_names)
 
-        def run(payloads: list[Any]):
-            feeds = pipeline.collate(payloads)
+        def session_run(feeds: dict):
             return session.run({k: v for k, v in feeds.items() if k in names})
+
+        def run(payloads: list[Any]):
+            return pipeline.run_batch(session_run, payloads)
 
         svc.queue = BatchQueue(run, svc.limits, ModelObserver(self.metrics, *svc._labels),
                                name=svc.name)

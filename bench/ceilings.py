@@ -21,10 +21,12 @@ def load(folder: Path, model_file: str | None = None, threads: int = 0):
                              intra_op_threads=threads)
     names = set(session.input_names)
 
+    def session_run(feeds: dict):
+        return session.run({k: v for k, v in feeds.items() if k in names})
+
     def predict(inputs: list) -> list[dict]:
         payloads, _ = pipeline.preprocess(inputs)
-        feeds = pipeline.collate(payloads)
-        return pipeline.postprocess(session.run({k: v for k, v in feeds.items() if k in names}))
+        return pipeline.postprocess(pipeline.run_batch(session_run, payloads))
 
     return predict
 

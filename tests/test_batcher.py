@@ -214,3 +214,19 @@ def test_any_interleaving_gives_each_survivor_exactly_its_results(plan, max_batc
         await q.close()
 
     asyncio.run(scenario())
+
+
+@given(st.lists(st.integers(1, 128), max_size=64), st.integers(0, 64))
+def test_length_buckets_partition_and_never_cost_more_than_one_run(lengths, overhead):
+    from app.pipelines.text import length_buckets
+
+    lengths = sorted(lengths)
+    runs = length_buckets(lengths, overhead)
+    assert [i for a, b in runs for i in range(a, b)] == list(range(len(lengths)))
+
+    def cost(parts):
+        return sum(overhead + lengths[b - 1] * (b - a) for a, b in parts)
+
+    if lengths:
+        assert cost(runs) <= cost([(0, len(lengths))])
+        assert cost(runs) <= cost([(i, i + 1) for i in range(len(lengths))])
