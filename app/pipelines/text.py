@@ -1,5 +1,5 @@
 """Text classification: `tokenizers` encoding, truncation to the manifest's max length,
-padding to the longest item of each batch."""
+padding to the longest item of each length bucket within a batch."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from tokenizers import Tokenizer
 from app.errors import InvalidInput
 from app.manifest import Manifest
 from app.pipelines.base import Pipeline
-
 
 # One model run costs about as much as this many extra padded tokens (MiniLM on CPU:
 # ~0.3 ms of fixed cost per run vs ~30 us per token); bench/ measures both.
