@@ -19,5 +19,21 @@ def rows() -> list[str]:
     return out
 
 
+START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+
+
+def render_into(text: str) -> str:
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return head + START + "\n" + "\n".join(rows()) + "\n" + END + tail
+
+
 if __name__ == "__main__":
-    print("\n".join(rows()))
+    import sys
+    from pathlib import Path
+
+    if len(sys.argv) > 2 and sys.argv[1] == "--write":
+        path = Path(sys.argv[2])
+        path.write_text(render_into(path.read_text()))
+    else:
+        print("\n".join(rows()))

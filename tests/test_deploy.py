@@ -81,3 +81,18 @@ def test_dashboard_and_rules_only_use_exported_metrics(repo, tmp_path):
         used |= set(METRIC.findall(e))
     assert len(used) >= 8
     assert used <= exported, f"not exported by the service: {sorted(used - exported)}"
+
+
+def test_readme_configuration_table_matches_settings():
+    from scripts.settings_table import render_into
+
+    text = (ROOT / "README.md").read_text()
+    assert render_into(text) == text, "run: python scripts/settings_table.py --write README.md"
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_uses_the_test_one():
+    text = (ROOT / "README.md").read_text()
+    quick = text.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [ln.split("#")[0].strip() for ln in quick.strip().splitlines()]
+    assert commands == ["make run", "make test"]
+    assert "make test" in (ROOT / ".ci/run").read_text()
