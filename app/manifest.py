@@ -50,6 +50,7 @@ class Batching(BaseModel):
     max_batch_size: int = Field(default=64, ge=1)
     max_batch_tokens: int = Field(default=16384, ge=1)
     max_delay_ms: float = Field(default=0.0, ge=0)
+    max_queue_size: int | None = Field(default=None, ge=1)
 
 
 class Variant(BaseModel):

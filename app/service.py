@@ -174,7 +174,7 @@ class ModelRegistry:
         def pick(key: str):
             if o is not None and getattr(o, key, None) is not None:
                 return getattr(o, key)
-            if m is not None and key in manifest_fields:
+            if m is not None and key in manifest_fields and getattr(m, key) is not None:
                 return getattr(m, key)
             return getattr(s, key)
 

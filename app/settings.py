@@ -59,7 +59,8 @@ class Settings(BaseSettings):
                                                           "(longest x count) in one run.")
     max_delay_ms: float = Field(0.0, ge=0, description="Wait this long for company when a "
                                                        "batch is not full; 0 never waits.")
-    max_queue_size: int = Field(4096, ge=1, description="Inputs queued per model before 503.")
+    max_queue_size: int = Field(1024, ge=1, description="Inputs queued per model before 503 "
+                                "(a manifest may set its own).")
     batching: dict[str, BatchingOverride] = Field(default_factory=dict,
                                                   description="Per-model batching overrides "
                                                               "(JSON), e.g. {\"sentiment\": "

@@ -205,10 +205,11 @@ def build_slow_rows_model(path: Path, n_features: int, size: int = 1536) -> None
     _save(graph, path)
 
 
-def add_slow_model(root: Path, name: str = "slow", max_batch_size: int = 1) -> Path:
+def add_slow_model(root: Path, name: str = "slow", max_batch_size: int = 1,
+                   size: int = 1536) -> Path:
     folder = root / name / "1"
     folder.mkdir(parents=True)
-    build_slow_rows_model(folder / "model.onnx", len(FEATURES))
+    build_slow_rows_model(folder / "model.onnx", len(FEATURES), size)
     write_manifest(folder, {
         "name": name, "version": 1, "kind": "tabular-classification", "labels": ["no", "yes"],
         "inputs": {"type": "features", "features": [{"name": f} for f in FEATURES]},

@@ -76,15 +76,15 @@ def test_client_gone_while_queued_is_dropped_before_it_runs(repo, tmp_path):
         codes = []
 
         def busy() -> None:
-            r = httpx.post(f"{svc.url}/predict", json={"model": "slow", "inputs": [ROW]},
+            r = httpx.post(f"{svc.url}/predict", json={"model": "slow", "inputs": [ROW] * 12},
                            timeout=60)
             codes.append(r.status_code)
 
-        # keep the model busy, then queue requests whose clients hang up
-        threads = [threading.Thread(target=busy) for _ in range(3)]
-        for t in threads:
-            t.start()
-        time.sleep(0.1)
+        # one request of twelve rows at batch size 1: twelve model runs in a row
+        thread = threading.Thread(target=busy)
+        thread.start()
+        wait_until(lambda: metric_value(metrics(), 'ortserve_queue_depth{model="slow"') >= 3,
+                   20, "the busy request queued")
         body = json.dumps({"model": "slow", "inputs": [ROW]}).encode()
         for _ in range(4):
             s = socket.create_connection(("127.0.0.1", svc.port))
@@ -92,13 +92,12 @@ def test_client_gone_while_queued_is_dropped_before_it_runs(repo, tmp_path):
                       b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
             time.sleep(0.02)
             s.close()
-        for t in threads:
-            t.join(60)
-        assert codes == [200, 200, 200]
+        thread.join(60)
+        assert codes == [200]
         wait_until(lambda: metric_value(metrics(), 'ortserve_requests_total{model="slow",'
                                         'outcome="cancelled"') == 4, 20, "4 cancelled")
         time.sleep(0.5)
-        assert metric_value(metrics(), size_count) - base == 3  # only the busy ones ran
+        assert metric_value(metrics(), size_count) - base == 12  # only the busy rows ran
         r = httpx.post(f"{svc.url}/predict", json={"model": "slow", "inputs": [ROW]}, timeout=30)
         assert r.status_code == 200
     finally:

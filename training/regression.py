@@ -52,7 +52,9 @@ def run(output: Path, name: str | None, seed: int, profile: str,
             "outputs": {"name": "value", "shape": ["batch", 1],
                         "meaning": "predicted target in the units of the training data"},
             "model_file": "model.onnx",
-            "batching": {"max_batch_size": 256, "max_batch_tokens": 1 << 20, "max_delay_ms": 0},
+            # rows are cheap: a deeper queue still drains in milliseconds
+            "batching": {"max_batch_size": 256, "max_batch_tokens": 1 << 20, "max_delay_ms": 0,
+                         "max_queue_size": 8192},
             "test_metrics": metrics,
             "provenance": provenance(
                 table.source, table.sha256, seed, profile,
