@@ -153,6 +153,23 @@ def run(a: argparse.Namespace) -> int:
     return 0
 
 
+def probe(a: argparse.Namespace) -> int:
+    """One configuration, a few load levels: for tuning (figures go to bench/tuning.md)."""
+    env = dict(kv.split("=", 1) for kv in a.env)
+    wl = {"text1": lambda: text_workload("sentiment", 1),
+          "text16": lambda: text_workload("sentiment", 16),
+          "tab1": lambda: rows_workload("breast-cancer", 1),
+          "tab64": lambda: rows_workload("breast-cancer", 64)}[a.workload]()
+    svc = Service(Path(a.models), env=env, workers=a.workers)
+    try:
+        print(f"{a.workload} workers={a.workers} env={env}")
+        for c in a.concurrency:
+            closed(svc, wl, c, a.seconds)
+    finally:
+        svc.stop()
+    return 0
+
+
 def soak(a: argparse.Namespace) -> int:
     from bench.soak import run_soak
 
@@ -170,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--ceiling-seconds", type=float, default=3.0)
     r.add_argument("--out", default="docs")
     r.set_defaults(func=run)
+    pr = sub.add_parser("probe", help="one configuration at a few concurrency levels")
+    pr.add_argument("--models", default="models")
+    pr.add_argument("--workload", choices=("text1", "text16", "tab1", "tab64"), default="text1")
+    pr.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    pr.add_argument("--seconds", type=float, default=8.0)
+    pr.add_argument("--workers", type=int, default=1)
+    pr.add_argument("--env", nargs="*", default=[], help="ORTSERVE_X=value settings")
+    pr.set_defaults(func=probe)
     s = sub.add_parser("soak", help="bounded overload run; writes docs/reliability.md")
     s.add_argument("--models", default="models")
     s.add_argument("--minutes", type=float, default=5.0)
