@@ -13,26 +13,27 @@ from pathlib import Path
 def _serve(a: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.settings import Settings
+    from app.settings import Settings, resolved_workers
 
     # Flags become environment variables so that every worker process builds the same
     # settings through the app factory.
     flags = {"models_dir": a.models, "device": a.device, "host": a.host, "port": a.port,
              "log_level": a.log_level, "log_format": a.log_format,
-             "default_model": a.default_model}
+             "default_model": a.default_model, "workers": a.workers}
     for key, value in flags.items():
         if value is not None:
             os.environ[f"ORTSERVE_{key.upper()}"] = str(value)
     settings = Settings()
+    workers = resolved_workers(settings)
     # uvicorn re-raises SIGTERM after its graceful shutdown; exit 0 then, as a drained
     # service should.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if a.workers > 1:
+    if workers > 1:
         from app.metrics import prepare_multiprocess_dir
 
         prepare_multiprocess_dir()
     uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=a.workers, loop="uvloop", http="httptools",
+                workers=workers, loop="uvloop", http="httptools",
                 log_level=settings.log_level, access_log=False,
                 timeout_graceful_shutdown=settings.shutdown_grace_s,
                 ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
@@ -65,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help="execution provider choice (ORTSERVE_DEVICE, default auto)")
     s.add_argument("--default-model", help="model for POST /predict without a model")
-    s.add_argument("--workers", type=int, default=int(os.environ.get("ORTSERVE_WORKERS", 1)),
-                   help="worker processes (ORTSERVE_WORKERS, default 1); metrics use "
-                        "prometheus-client multiprocess mode when above 1")
+    s.add_argument("--workers", type=int,
+                   help="worker processes (ORTSERVE_WORKERS; default 1; 0 = one per CPU core); "
+                        "metrics use prometheus-client multiprocess mode when above 1")
     s.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     s.add_argument("--log-format", choices=("json", "text"))
     s.set_defaults(func=_serve)

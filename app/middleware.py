@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 
 import orjson
 
@@ -34,7 +34,7 @@ class RequestContextMiddleware:
                 request_id = v.decode("latin-1")[:128]
             elif k == b"content-length":
                 length = v
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
         rid_header = (b"x-request-id", request_id.encode("latin-1"))

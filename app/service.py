@@ -25,7 +25,7 @@ from app.pipelines import Pipeline, build_pipeline
 from app.repository import ModelSource, scan
 from app.runtime.batcher import BatchLimits, BatchQueue
 from app.runtime.session import ModelSession, create_session
-from app.settings import Settings
+from app.settings import Settings, resolved_intra_op_threads
 
 log = logging.getLogger("ortserve.models")
 
@@ -208,7 +208,7 @@ class ModelRegistry:
                 s.max_inputs, s.max_rows)
             svc.session = await asyncio.to_thread(
                 create_session, src.path / src.model_file, s.device, s.strict_device,
-                s.tensorrt, s.intra_op_threads, s.inter_op_threads)
+                s.tensorrt, resolved_intra_op_threads(s), s.inter_op_threads)
         except DeviceError:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken model must not stop the others

@@ -48,8 +48,8 @@ class Settings(BaseSettings):
     strict_device: bool = Field(
         False, description="Refuse to start when a model does not run on the asked device.")
     tensorrt: bool = Field(False, description="Try TensorRT before CUDA when on a GPU.")
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = "
-                                                      "ONNX Runtime's default (one per core).")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per "
+                                                      "session; 0 = CPU cores / workers.")
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads.")
     warmup: bool = Field(True, description="Run warm-up batches before reporting ready.")
 
@@ -77,6 +77,8 @@ class Settings(BaseSettings):
                                                              "(504); a header may lower it.")
 
     # Server
+    workers: int = Field(1, ge=0, description="Worker processes of `ortserve serve`; 0 = one "
+                                              "per CPU core (see docs/benchmarks.md).")
     host: str = Field("127.0.0.1", description="Bind address of `ortserve serve`.")
     port: int = Field(8000, ge=1, le=65535, description="Port of `ortserve serve`.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
@@ -121,5 +123,19 @@ class Settings(BaseSettings):
         return v
 
 
-def load_settings(**overrides) -> Settings:
-    return Settings(**overrides)
+def cpu_count() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def resolved_workers(settings: Settings) -> int:
+    return settings.workers or cpu_count()
+
+
+def resolved_intra_op_threads(settings: Settings) -> int:
+    """Cores shared out between worker processes, so they do not oversubscribe the CPU."""
+    return settings.intra_op_threads or max(1, cpu_count() // resolved_workers(settings))

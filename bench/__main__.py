@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--workload", choices=("text1", "text16", "tab1", "tab64"), default="text1")
     pr.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     pr.add_argument("--seconds", type=float, default=8.0)
-    pr.add_argument("--workers", type=int, default=1)
+    pr.add_argument("--workers", type=int, default=0, help="0 = the server default")
     pr.add_argument("--env", nargs="*", default=[], help="ORTSERVE_X=value settings")
     pr.set_defaults(func=probe)
     s = sub.add_parser("soak", help="bounded overload run; writes docs/reliability.md")

@@ -65,7 +65,7 @@ def rss_mb(pid: int) -> float:
 class Service:
     """`ortserve serve` on 127.0.0.1 with the given settings (env), or an external URL."""
 
-    def __init__(self, models: Path, env: dict[str, str] | None = None, workers: int = 1,
+    def __init__(self, models: Path, env: dict[str, str] | None = None, workers: int = 0,
                  url: str | None = None) -> None:
         self.external = url is not None
         self.proc = None
@@ -75,7 +75,7 @@ class Service:
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         full_env = {**os.environ, "ORTSERVE_LOG_LEVEL": "warning", **(env or {})}
-        if workers > 1:
+        if workers != 1:
             full_env["PROMETHEUS_MULTIPROC_DIR"] = f"/tmp/ortserve-bench-prom-{port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--models", str(models), "--port",
