@@ -208,7 +208,8 @@ class ModelRegistry:
                 s.max_inputs, s.max_rows)
             svc.session = await asyncio.to_thread(
                 create_session, src.path / src.model_file, s.device, s.strict_device,
-                s.tensorrt, resolved_intra_op_threads(s), s.inter_op_threads)
+                s.tensorrt, resolved_intra_op_threads(s), s.inter_op_threads,
+                s.ort_allow_spinning)
         except DeviceError:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken model must not stop the others

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per "
                                                       "session; 0 = CPU cores / workers.")
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads.")
+    ort_allow_spinning: bool = Field(
+        False, description="Let ONNX Runtime's idle threads spin (lower latency on dedicated "
+                           "cores, but they take CPU from the event loop).")
     warmup: bool = Field(True, description="Run warm-up batches before reporting ready.")
 
     # Batching defaults (a manifest's `batching` overrides these; `batching` below overrides both)
@@ -59,7 +62,7 @@ class Settings(BaseSettings):
                                                           "(longest x count) in one run.")
     max_delay_ms: float = Field(0.0, ge=0, description="Wait this long for company when a "
                                                        "batch is not full; 0 never waits.")
-    max_queue_size: int = Field(1024, ge=1, description="Inputs queued per model before 503 "
+    max_queue_size: int = Field(256, ge=1, description="Inputs queued per model before 503 "
                                 "(a manifest may set its own).")
     batching: dict[str, BatchingOverride] = Field(default_factory=dict,
                                                   description="Per-model batching overrides "

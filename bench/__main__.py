@@ -77,7 +77,17 @@ def run(a: argparse.Namespace) -> int:
                                                      seconds=a.ceiling_seconds)
     results["ceiling_tabular"] = ceilings.model_ceiling(tab_dir, rows, threads=threads,
                                                         seconds=a.ceiling_seconds)
-    for k in ("ceiling_served", "ceiling_fp32", "ceiling_tabular"):
+    cores = os.cpu_count() or 1
+    if cores > 1:
+        # the machine's best in-process configuration: one single-threaded session per core
+        results["ceiling_parallel"] = ceilings.model_ceiling(
+            sent_dir, texts, threads=1, parallel=cores, seconds=a.ceiling_seconds)
+        results["ceiling_parallel_fp32"] = ceilings.model_ceiling(
+            sent_dir, texts, fp32, threads=1, parallel=cores, seconds=a.ceiling_seconds)
+    for k in ("ceiling_served", "ceiling_fp32", "ceiling_tabular", "ceiling_parallel",
+              "ceiling_parallel_fp32"):
+        if k not in results:
+            continue
         c = results[k]
         print(f"  {k:16s} {c['throughput']:9.1f} inputs/s at batch {c['best_batch']}, "
               f"single item {c['single_p50_ms']:.2f} ms", flush=True)
@@ -144,6 +154,13 @@ def run(a: argparse.Namespace) -> int:
             results["naive"] = [closed(naive, text1, c, secs) for c in (1, 64)]
         finally:
             naive.stop()
+        if (os.cpu_count() or 1) > 1:
+            print("one worker process per core, one ONNX Runtime thread each", flush=True)
+            multi = Service(models, workers=0)
+            try:
+                results["per_core_workers"] = [closed(multi, text1, c, secs) for c in (1, 64)]
+            finally:
+                multi.stop()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
@@ -192,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--workload", choices=("text1", "text16", "tab1", "tab64"), default="text1")
     pr.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     pr.add_argument("--seconds", type=float, default=8.0)
-    pr.add_argument("--workers", type=int, default=0, help="0 = the server default")
+    pr.add_argument("--workers", type=int, help="default: the server's default")
     pr.add_argument("--env", nargs="*", default=[], help="ORTSERVE_X=value settings")
     pr.set_defaults(func=probe)
     s = sub.add_parser("soak", help="bounded overload run; writes docs/reliability.md")

@@ -129,7 +129,7 @@ async def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate:
 
 
 def open_loop(url: str, path: str, bodies: list[bytes], rate: float, seconds: float,
-              max_connections: int = 512, verify=None) -> dict:
+              max_connections: int = 1024, verify=None) -> dict:
     """Requests at a fixed arrival rate whatever the answers (no coordinated omission)."""
     host, port = url.split("//", 1)[1].split(":")
     try:

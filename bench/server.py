@@ -65,8 +65,8 @@ def rss_mb(pid: int) -> float:
 class Service:
     """`ortserve serve` on 127.0.0.1 with the given settings (env), or an external URL."""
 
-    def __init__(self, models: Path, env: dict[str, str] | None = None, workers: int = 0,
-                 url: str | None = None) -> None:
+    def __init__(self, models: Path, env: dict[str, str] | None = None,
+                 workers: int | None = None, url: str | None = None) -> None:
         self.external = url is not None
         self.proc = None
         if url:
@@ -75,11 +75,12 @@ class Service:
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         full_env = {**os.environ, "ORTSERVE_LOG_LEVEL": "warning", **(env or {})}
-        if workers != 1:
+        if workers is not None and workers != 1:
             full_env["PROMETHEUS_MULTIPROC_DIR"] = f"/tmp/ortserve-bench-prom-{port}"
+        extra = [] if workers is None else ["--workers", str(workers)]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--models", str(models), "--port",
-             str(port), "--workers", str(workers)],
+             str(port), *extra],
             cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -33,6 +33,7 @@ class TextData:
     source: str
     sha256: str
     duplicates_dropped: int = 0
+    weights: list[float] | None = None  # per-text training weight (annotator confidence)
 
 
 @dataclass
@@ -69,17 +70,21 @@ def tweets_corpus_path() -> Path:
 
 
 def _dedupe(texts: list[str], labels: list[str]) -> tuple[list[str], list[str], int]:
-    """Keep the first occurrence of each text (compared after whitespace folding)."""
+    keep = _first_occurrences(texts)
+    return [texts[i] for i in keep], [labels[i] for i in keep], len(texts) - len(keep)
+
+
+def _first_occurrences(texts: list[str]) -> list[int]:
+    """Indices of the first occurrence of each text (compared after whitespace and case
+    folding)."""
     seen: set[str] = set()
-    out_t, out_l = [], []
-    for t, lab in zip(texts, labels, strict=True):
+    keep = []
+    for i, t in enumerate(texts):
         key = " ".join(t.split()).lower()
-        if key in seen:
-            continue
-        seen.add(key)
-        out_t.append(t)
-        out_l.append(lab)
-    return out_t, out_l, len(texts) - len(out_t)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return keep
 
 
 def _read_csv(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[dict[str, str]]]:
@@ -109,7 +114,7 @@ def load_tweets() -> TextData:
     path = tweets_corpus_path()
     header, rows = _read_csv(path, encoding="latin-1")
     _require_columns(path, header, "sentiment", "text")
-    texts, labels = [], []
+    texts, labels, weights = [], [], []
     for i, row in enumerate(rows, start=2):
         raw = (row["sentiment"] or "").strip()
         label = TWEET_LABELS.get(raw.lower())
@@ -119,9 +124,12 @@ def load_tweets() -> TextData:
         if text:
             texts.append(text)
             labels.append(label)
-    texts, labels, dropped = _dedupe(texts, labels)
-    return TextData(texts, labels, ["negative", "neutral", "positive"], str(path),
-                    file_sha256(path), dropped)
+            conf = (row.get("confidence") or "").strip()
+            weights.append(float(conf) if conf else 1.0)
+    keep = _first_occurrences(texts)
+    return TextData([texts[i] for i in keep], [labels[i] for i in keep],
+                    ["negative", "neutral", "positive"], str(path), file_sha256(path),
+                    len(texts) - len(keep), [weights[i] for i in keep])
 
 
 def load_text_csv(path: Path, text_column: str, label_column: str) -> TextData:

@@ -42,12 +42,13 @@ class SentimentConfig:
     dropout: float = 0.1
     evals_per_epoch: int = 2
     patience: int = 2  # evaluations without validation improvement before stopping
+    confidence_weighting: bool = False  # weight each text's loss by its label confidence
 
 
 PROFILES = {
     "quick": SentimentConfig(epochs=1.0, train_limit=4800, val_limit=1000, lr=1e-4,
                              evals_per_epoch=1),
-    "full": SentimentConfig(),
+    "full": SentimentConfig(lr=4e-5, confidence_weighting=True),
 }
 
 
@@ -158,7 +159,7 @@ def tfidf_baseline(texts: list[str], y: np.ndarray, splits: data.Splits,
 
 def train_classifier(model: TextClassifier, seqs: list[list[int]], y: np.ndarray,
                      train_idx: np.ndarray, val_idx: np.ndarray, cfg: SentimentConfig,
-                     seed: int, desc: str) -> dict:
+                     seed: int, desc: str, weights: np.ndarray | None = None) -> dict:
     """AdamW with linear warm-up/decay; validation accuracy drives early stopping."""
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
@@ -169,6 +170,7 @@ def train_classifier(model: TextClassifier, seqs: list[list[int]], y: np.ndarray
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / (total_steps - warmup))))
     y_t = torch.from_numpy(y)
+    w_t = torch.from_numpy(weights.astype(np.float32)) if weights is not None else None
     val_seqs = [seqs[i] for i in val_idx]
     history, best_acc, best_state, best_step, bad = [], -1.0, None, 0, 0
     bar = tqdm(total=total_steps, desc=desc, unit="step", mininterval=0.5)
@@ -181,7 +183,11 @@ def train_classifier(model: TextClassifier, seqs: list[list[int]], y: np.ndarray
         feeds = pad([seqs[i] for i in batch])
         logits = model.logits(torch.from_numpy(feeds["input_ids"]),
                               torch.from_numpy(feeds["attention_mask"]))
-        loss = nn.functional.cross_entropy(logits, y_t[batch])
+        if w_t is None:
+            loss = nn.functional.cross_entropy(logits, y_t[batch])
+        else:
+            per_item = nn.functional.cross_entropy(logits, y_t[batch], reduction="none")
+            loss = (per_item * w_t[batch]).sum() / w_t[batch].sum()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -255,8 +261,10 @@ def run(output: Path, name: str | None, seed: int, profile: str, csv: Path | Non
     train_idx = _subset(splits.train, y, cfg.train_limit, seed)
     val_idx = _subset(splits.val, y, cfg.val_limit, seed)
     name = name or DEFAULT_NAME
+    weights = (np.asarray(corpus.weights) if cfg.confidence_weighting and corpus.weights
+               else None)
     training = train_classifier(model, seqs, y, train_idx, val_idx, cfg, seed,
-                                desc=f"{name} (fine-tune)")
+                                desc=f"{name} (fine-tune)", weights=weights)
     baseline = tfidf_baseline(corpus.texts, y, splits, labels)
     test_seqs = [seqs[i] for i in splits.test]
     with new_version(output, name) as version:

@@ -71,6 +71,12 @@ class BatchLimits:
     max_queue_size: int = 1024
 
 
+# A batch whose recent runs took less than this runs on the event loop itself: the hand-off
+# to the model thread and back costs more than such a model run, and the loop is blocked
+# for less time than it spends parsing one request.
+INLINE_RUN_S = 0.0003
+
+
 class BatchQueue:
     """Queue + worker for one model. `run_batch(payloads) -> outputs` runs in a thread."""
 
@@ -87,6 +93,7 @@ class BatchQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self.batches_run = 0
+        self._recent_run_s = 1.0  # moving average of batch run time; starts off the loop
 
     # -- producer side -------------------------------------------------------------------
     def depth(self) -> int:
@@ -167,7 +174,11 @@ class BatchQueue:
             padded = max(job.costs[i] for job, i in batch) * len(batch)
             self._busy = True
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run_batch, payloads)
+                if self._recent_run_s < INLINE_RUN_S:
+                    outputs = self._run_batch(payloads)
+                else:
+                    outputs = await loop.run_in_executor(self._executor, self._run_batch,
+                                                         payloads)
                 if len(outputs) != len(batch):
                     raise RuntimeError(f"model returned {len(outputs)} outputs for "
                                        f"{len(batch)} inputs")
@@ -180,6 +191,7 @@ class BatchQueue:
                 self._busy = False
                 self.batches_run += 1
             seconds = time.perf_counter() - now
+            self._recent_run_s = 0.8 * self._recent_run_s + 0.2 * seconds
             self._observer.batch_done(len(batch), padded, seconds)
             for job in dict.fromkeys(job for job, _ in batch):
                 job.inference_s += seconds  # a split job sums the batches it took part in

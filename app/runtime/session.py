@@ -50,11 +50,16 @@ class ModelSession:
 
 
 def create_session(path: Path, device: str, strict: bool, tensorrt: bool = False,
-                   intra_op_threads: int = 0, inter_op_threads: int = 1) -> ModelSession:
+                   intra_op_threads: int = 0, inter_op_threads: int = 1,
+                   allow_spinning: bool = False) -> ModelSession:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = inter_op_threads
+    # Spinning worker threads burn the cores the event loop needs between batches.
+    spin = "1" if allow_spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
     opts.log_severity_level = 3
     requested = requested_providers(device, tensorrt)
     # Only the bytes we verified are parsed: read once, hand ORT the buffer.
