@@ -45,7 +45,7 @@ def closed(svc: Service, wl, conc: int, seconds: float) -> dict:
              svc.metric("ortserve_batch_size_count", f'model="{wl.model}"'))
     r = svc.measure(lambda: load.closed_loop(svc.url, wl.path, wl.bodies, conc, seconds))
     r.update(workload=wl.name, model=wl.model, concurrency=conc,
-             inputs_per_s=r["rps"] * wl.inputs_per_request,
+             inputs_per_s=r["ok_rps"] * wl.inputs_per_request,
              mean_batch=batch_stats(svc, wl.model, marks))
     print(f"  {wl.name:12s} c={conc:<4d} {r['inputs_per_s']:9.1f} inputs/s  "
           f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  "
@@ -187,6 +187,13 @@ def probe(a: argparse.Namespace) -> int:
     return 0
 
 
+def rewrite(a: argparse.Namespace) -> int:
+    """Write docs/benchmarks.md again from bench/results/latest.json (no new measurement)."""
+    results = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
+    report.write(results, Path(a.out))
+    return 0
+
+
 def soak(a: argparse.Namespace) -> int:
     from bench.soak import run_soak
 
@@ -212,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--workers", type=int, help="default: the server's default")
     pr.add_argument("--env", nargs="*", default=[], help="ORTSERVE_X=value settings")
     pr.set_defaults(func=probe)
+    w = sub.add_parser("report", help="rewrite the report from the last run's results")
+    w.add_argument("--out", default="docs")
+    w.set_defaults(func=rewrite)
     s = sub.add_parser("soak", help="bounded overload run; writes docs/reliability.md")
     s.add_argument("--models", default="models")
     s.add_argument("--minutes", type=float, default=5.0)

@@ -47,6 +47,7 @@ def closed_loop(url: str, path: str, bodies: list[bytes] | None, connections: in
     secs = r["duration_us"] / 1e6
     errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
     return {"requests": r["requests"], "seconds": secs, "rps": r["requests"] / secs,
+            "ok_rps": (r["requests"] - r["status"]) / secs,
             "errors": errors, "non_2xx": r["status"],
             "p50_ms": r["p50_us"] / 1000, "p95_ms": r["p95_us"] / 1000,
             "p99_ms": r["p99_us"] / 1000, "max_ms": r["max_us"] / 1000,
