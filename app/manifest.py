@@ -57,6 +57,7 @@ class Variant(BaseModel):
     file: str
     test_metrics: dict[str, Any] = Field(default_factory=dict)
     size_ratio: float | None = None
+    batch_invariance_max_diff: float | None = None  # |alone - in a batch| on a test sample
 
 
 class Manifest(BaseModel):

@@ -70,24 +70,24 @@ def run(a: argparse.Namespace) -> int:
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "served_file": manifest["model_file"], "settings": {"threads": threads}}
     print("ceilings (in-process ONNX Runtime, same files and threads)", flush=True)
-    results["ceiling_served"] = ceilings.model_ceiling(sent_dir, texts, threads=threads,
-                                                       seconds=a.ceiling_seconds)
-    fp32 = manifest.get("variants", {}).get("fp32", {}).get("file", "model.onnx")
-    results["ceiling_fp32"] = ceilings.model_ceiling(sent_dir, texts, fp32, threads,
-                                                     seconds=a.ceiling_seconds)
+    variants = {k: v["file"] for k, v in manifest.get("variants", {}).items()}
+    variants.setdefault("fp32", "model.onnx")
+    cores = os.cpu_count() or 1
+    for name, file in variants.items():
+        results[f"ceiling_{name}"] = ceilings.model_ceiling(
+            sent_dir, texts, file, threads, seconds=a.ceiling_seconds)
+        if cores > 1:
+            # the machine's best in-process configuration: one 1-thread session per core
+            results[f"ceiling_parallel_{name}"] = ceilings.model_ceiling(
+                sent_dir, texts, file, threads=1, parallel=cores, seconds=a.ceiling_seconds)
+    served = next(k for k, f in variants.items() if f == manifest["model_file"])
+    results["served_variant"] = served
+    results["ceiling_served"] = results[f"ceiling_{served}"]
+    if f"ceiling_parallel_{served}" in results:
+        results["ceiling_parallel"] = results[f"ceiling_parallel_{served}"]
     results["ceiling_tabular"] = ceilings.model_ceiling(tab_dir, rows, threads=threads,
                                                         seconds=a.ceiling_seconds)
-    cores = os.cpu_count() or 1
-    if cores > 1:
-        # the machine's best in-process configuration: one single-threaded session per core
-        results["ceiling_parallel"] = ceilings.model_ceiling(
-            sent_dir, texts, threads=1, parallel=cores, seconds=a.ceiling_seconds)
-        results["ceiling_parallel_fp32"] = ceilings.model_ceiling(
-            sent_dir, texts, fp32, threads=1, parallel=cores, seconds=a.ceiling_seconds)
-    for k in ("ceiling_served", "ceiling_fp32", "ceiling_tabular", "ceiling_parallel",
-              "ceiling_parallel_fp32"):
-        if k not in results:
-            continue
+    for k in sorted(k for k in results if k.startswith("ceiling_")):
         c = results[k]
         print(f"  {k:16s} {c['throughput']:9.1f} inputs/s at batch {c['best_batch']}, "
               f"single item {c['single_p50_ms']:.2f} ms", flush=True)

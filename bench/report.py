@@ -60,13 +60,19 @@ def targets(res: dict) -> list[tuple[str, str, bool]]:
     out.append(("throughput at c=64 >= 90% of the in-process ceiling",
                 f"{ratio:.0%} ({text[64]['inputs_per_s']:.0f} / {ceil['throughput']:.0f})",
                 ratio >= 0.9))
-    speed = ceil["throughput"] / res["ceiling_fp32"]["throughput"]
-    out.append(("served (int8) ceiling >= 2x fp32 ceiling (1 session, default threads)",
-                f"{speed:.2f}x", speed >= 2))
-    if "ceiling_parallel" in res:
-        ps = res["ceiling_parallel"]["throughput"] / res["ceiling_parallel_fp32"]["throughput"]
-        out.append(("served (int8) ceiling >= 2x fp32 ceiling (one 1-thread session per core)",
+    if "ceiling_int8" in res:
+        speed = res["ceiling_int8"]["throughput"] / res["ceiling_fp32"]["throughput"]
+        out.append(("int8 variant ceiling >= 2x fp32 ceiling (1 session, default threads)",
+                    f"{speed:.2f}x", speed >= 2))
+    if "ceiling_parallel_int8" in res:
+        ps = (res["ceiling_parallel_int8"]["throughput"]
+              / res["ceiling_parallel_fp32"]["throughput"])
+        out.append(("int8 variant ceiling >= 2x fp32 ceiling (one 1-thread session per core)",
                     f"{ps:.2f}x", ps >= 2))
+    if res.get("served_variant") != "int8":
+        out.append(("default served model is int8", f"no: {res.get('served_variant')} is "
+                    "served, because dynamic int8 outputs depend on batch mates (see README)",
+                    False))
     gap = text[1]["p50_ms"] - ceil["single_p50_ms"]
     out.append(("p50 at c=1 <= in-process single-item latency + 1 ms",
                 f"{text[1]['p50_ms']:.2f} ms vs {ceil['single_p50_ms']:.2f} ms ({gap:+.2f})",
@@ -119,10 +125,9 @@ def write(res: dict, out: Path) -> None:
     L[-2] = ("| model | sessions x threads | best inputs/s | at batch | single-item p50 ms | "
              "inputs/s by batch |")
     L[-1] = "| --- | --- | --- | --- | --- | --- |"
-    for key, label in (("ceiling_served", f"sentiment ({res['served_file']})"),
-                       ("ceiling_fp32", "sentiment (fp32)"),
-                       ("ceiling_parallel", f"sentiment ({res['served_file']})"),
-                       ("ceiling_parallel_fp32", "sentiment (fp32)"),
+    for key, label in (("ceiling_fp32", "sentiment fp32"), ("ceiling_int8", "sentiment int8"),
+                       ("ceiling_parallel_fp32", "sentiment fp32"),
+                       ("ceiling_parallel_int8", "sentiment int8"),
                        ("ceiling_tabular", "breast-cancer")):
         if key not in res:
             continue

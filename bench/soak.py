@@ -21,7 +21,7 @@ from bench.server import Service, rss_mb
 from bench.workloads import text_workload
 
 RSS_BOUND_MB = 1500
-SCORE_TOLERANCE = 1e-4
+SCORE_TOLERANCE = 1e-5
 
 
 def run_soak(models: Path, minutes: float, factor: float, out: Path) -> int:

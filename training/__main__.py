@@ -82,9 +82,11 @@ def print_summary(results, elapsed: float) -> None:
     for r in results:
         metrics = headline(r.test_metrics)
         if "baseline" in r.extra:
-            b, f = r.extra["baseline"], r.extra["fp32"]
+            b, f, i8 = r.extra["baseline"], r.extra["fp32"], r.extra["int8"]
             metrics += (f"\nserved: {r.extra['served']}  (fp32 accuracy={f['accuracy']:.4f}, "
-                        f"int8 size ratio={r.extra['size_ratio']:.2f})"
+                        f"int8 accuracy={i8['accuracy']:.4f}, int8 size ratio="
+                        f"{r.extra['size_ratio']:.2f}, int8 batch dependence="
+                        f"{r.extra['invariance']['int8']:.1e})"
                         f"\nbaseline {b['model']}: accuracy={b['accuracy']:.4f} "
                         f"macro_f1={b['macro_f1']:.4f}")
         table.add_row(r.name, str(r.version), r.kind, metrics, str(r.path))
