@@ -37,29 +37,32 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
+def _sum_over_tree(pid: int, file: str, read) -> float:
+    """Sum `read(text of /proc/<p>/<file>)` over the process and its descendants."""
     total = 0.0
     for p in _tree(pid):
         try:
-            with open(f"/proc/{p}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICK
+            with open(f"/proc/{p}/{file}") as fh:
+                total += read(fh.read())
         except OSError:
             continue
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    def user_plus_system(stat: str) -> float:
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    return _sum_over_tree(pid, "stat", user_plus_system)
+
+
 def rss_mb(pid: int) -> float:
-    total = 0
-    for p in _tree(pid):
-        try:
-            with open(f"/proc/{p}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
+    def rss_kb(status: str) -> float:
+        return next((int(ln.split()[1]) for ln in status.splitlines()
+                     if ln.startswith("VmRSS:")), 0)
+
+    return _sum_over_tree(pid, "status", rss_kb) / 1024
 
 
 class Service:

@@ -164,16 +164,21 @@ def build_fragile_rows_model(path: Path, n_features: int) -> None:
     _save(graph, path)
 
 
-def add_fragile_model(root: Path, name: str = "fragile") -> Path:
+def _add_classifier(root: Path, name: str, build, max_batch_size: int) -> Path:
+    """A version-1 tabular classifier whose graph `build(path, n_features)` writes."""
     folder = root / name / "1"
     folder.mkdir(parents=True)
-    build_fragile_rows_model(folder / "model.onnx", len(FEATURES))
+    build(folder / "model.onnx", len(FEATURES))
     write_manifest(folder, {
         "name": name, "version": 1, "kind": "tabular-classification", "labels": ["no", "yes"],
         "inputs": {"type": "features", "features": [{"name": f} for f in FEATURES]},
         "outputs": {"name": "probabilities"}, "model_file": "model.onnx",
-        "batching": {"max_batch_size": 4}})
+        "batching": {"max_batch_size": max_batch_size}})
     return folder
+
+
+def add_fragile_model(root: Path, name: str = "fragile") -> Path:
+    return _add_classifier(root, name, build_fragile_rows_model, 4)
 
 
 def build_slow_rows_model(path: Path, n_features: int, size: int = 1536) -> None:
@@ -207,12 +212,5 @@ def build_slow_rows_model(path: Path, n_features: int, size: int = 1536) -> None
 
 def add_slow_model(root: Path, name: str = "slow", max_batch_size: int = 1,
                    size: int = 1536) -> Path:
-    folder = root / name / "1"
-    folder.mkdir(parents=True)
-    build_slow_rows_model(folder / "model.onnx", len(FEATURES), size)
-    write_manifest(folder, {
-        "name": name, "version": 1, "kind": "tabular-classification", "labels": ["no", "yes"],
-        "inputs": {"type": "features", "features": [{"name": f} for f in FEATURES]},
-        "outputs": {"name": "probabilities"}, "model_file": "model.onnx",
-        "batching": {"max_batch_size": max_batch_size}})
-    return folder
+    return _add_classifier(root, name, lambda p, n: build_slow_rows_model(p, n, size),
+                           max_batch_size)
