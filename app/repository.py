@@ -6,6 +6,7 @@ their SHA-256 matches; nothing here unpickles or executes model files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.manifest import MANIFEST_FILE, NAME_PATTERN, Manifest, sha256_file
+from app.manifest import MANIFEST_FILE, NAME_PATTERN, Manifest
 
 log = logging.getLogger("ortserve.repository")
 
@@ -29,6 +30,9 @@ class ModelSource:
     error: str | None = None
     model_file: str | None = None
     variant: str | None = None
+    # The verified bytes of each artifact, so what is parsed is exactly what was hashed
+    # (no re-read between the check and the load); released once the model is loaded.
+    verified: dict[str, bytes] | None = None
 
 
 def _versions(model_dir: Path) -> list[int]:
@@ -65,6 +69,7 @@ def verify(name: str, version: int, path: Path, variant: str | None = None) -> M
             src.error = f"variant file {model_file} is not listed in artifacts"
             return src
     needed = [model_file] + ([manifest.tokenizer_file] if manifest.tokenizer_file else [])
+    verified = {}
     for fname in needed:
         fpath = path / fname
         if not fpath.is_file():
@@ -75,9 +80,12 @@ def verify(name: str, version: int, path: Path, variant: str | None = None) -> M
             src.error = (f"{fname} is {fpath.stat().st_size} bytes, manifest says "
                          f"{expected.bytes} (truncated or replaced)")
             return src
-        if sha256_file(fpath) != expected.sha256:
+        data = fpath.read_bytes()
+        if len(data) != expected.bytes or hashlib.sha256(data).hexdigest() != expected.sha256:
             src.error = f"{fname} SHA-256 does not match the manifest"
             return src
+        verified[fname] = data
+    src.verified = verified
     src.manifest = manifest
     src.model_file = model_file
     src.variant = variant or next(

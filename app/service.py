@@ -205,9 +205,9 @@ class ModelRegistry:
         try:
             svc.pipeline = await asyncio.to_thread(
                 build_pipeline, src.manifest, src.path, s.max_text_chars, s.truncate_text,
-                s.max_inputs, s.max_rows)
+                s.max_inputs, s.max_rows, src.verified)
             svc.session = await asyncio.to_thread(
-                create_session, src.path / src.model_file, s.device, s.strict_device,
+                create_session, src.verified[src.model_file], s.device, s.strict_device,
                 s.tensorrt, resolved_intra_op_threads(s), s.inter_op_threads,
                 s.ort_allow_spinning)
         except DeviceError:
@@ -215,6 +215,8 @@ class ModelRegistry:
         except Exception as exc:  # noqa: BLE001 - a broken model must not stop the others
             self._fail(svc, f"cannot load: {type(exc).__name__}: {exc}")
             return
+        finally:
+            src.verified = None  # ONNX Runtime and the tokenizer keep their own copies
         svc.limits = self._limits(src)
         session, pipeline = svc.session, svc.pipeline
         names = set(session.input_names)

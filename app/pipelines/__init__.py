@@ -12,10 +12,13 @@ from app.pipelines.text import TextClassificationPipeline
 
 def build_pipeline(manifest: Manifest, folder: Path, max_text_chars: int = 10000,
                    truncate_text: bool = False, max_inputs: int = 256,
-                   max_rows: int = 1024) -> Pipeline:
+                   max_rows: int = 1024, verified: dict[str, bytes] | None = None) -> Pipeline:
+    """`verified` holds artifact bytes already checked against the manifest's SHA-256."""
     if manifest.kind == "text-classification":
-        return TextClassificationPipeline(manifest, folder / manifest.tokenizer_file,
-                                          max_text_chars, truncate_text, max_inputs)
+        tokenizer = (verified or {}).get(manifest.tokenizer_file,
+                                         folder / manifest.tokenizer_file)
+        return TextClassificationPipeline(manifest, tokenizer, max_text_chars, truncate_text,
+                                          max_inputs)
     if manifest.kind == "tabular-classification":
         return TabularClassificationPipeline(manifest, max_rows)
     return TabularRegressionPipeline(manifest, max_rows)

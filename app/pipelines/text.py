@@ -41,11 +41,12 @@ def length_buckets(lengths: list[int], overhead: int) -> list[tuple[int, int]]:
 class TextClassificationPipeline(Pipeline):
     unit = "texts"
 
-    def __init__(self, manifest: Manifest, tokenizer_path: Path, max_text_chars: int,
+    def __init__(self, manifest: Manifest, tokenizer: Path | bytes, max_text_chars: int,
                  truncate_text: bool, max_inputs: int) -> None:
         super().__init__(manifest, max_inputs)
         self.max_length = int(manifest.inputs.max_length)
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer = (Tokenizer.from_str(tokenizer.decode()) if isinstance(tokenizer, bytes)
+                          else Tokenizer.from_file(str(tokenizer)))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
         self.max_text_chars = max_text_chars

@@ -49,7 +49,7 @@ class ModelSession:
         return self.session.run([self.output_name], feeds)[0]
 
 
-def create_session(path: Path, device: str, strict: bool, tensorrt: bool = False,
+def create_session(model: Path | bytes, device: str, strict: bool, tensorrt: bool = False,
                    intra_op_threads: int = 0, inter_op_threads: int = 1,
                    allow_spinning: bool = False) -> ModelSession:
     opts = ort.SessionOptions()
@@ -62,18 +62,19 @@ def create_session(path: Path, device: str, strict: bool, tensorrt: bool = False
     opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
     opts.log_severity_level = 3
     requested = requested_providers(device, tensorrt)
-    # Only the bytes we verified are parsed: read once, hand ORT the buffer.
-    session = ort.InferenceSession(path.read_bytes(), opts, providers=requested)
+    data = model if isinstance(model, bytes) else model.read_bytes()
+    session = ort.InferenceSession(data, opts, providers=requested)
+    where = "model" if isinstance(model, bytes) else str(model)
     providers = session.get_providers()
     wanted_gpu = requested[0] != CPU
     if wanted_gpu and providers[0] == CPU:
-        msg = (f"{path}: asked for {requested[0]} but ONNX Runtime runs it on CPU "
+        msg = (f"{where}: asked for {requested[0]} but ONNX Runtime runs it on CPU "
                "(CUDA/cuDNN libraries missing or no GPU visible)")
         if strict:
             raise DeviceError(msg)
         log.warning(msg)
     if strict and device == "cpu" and providers[0] != CPU:
-        raise DeviceError(f"{path}: runs on {providers[0]}, not CPU")
+        raise DeviceError(f"{where}: runs on {providers[0]}, not CPU")
     return ModelSession(session, requested, providers,
                         [i.name for i in session.get_inputs()],
                         session.get_outputs()[0].name)
