@@ -18,6 +18,7 @@ from app.errors import (
     InferenceFailed,
     ModelNotFound,
     ModelNotReady,
+    QueueFull,
     ServingError,
 )
 from app.metrics import Metrics, ModelObserver
@@ -126,10 +127,12 @@ class ModelService:
             queue_s = (job.started_at or job.enqueued_at) - job.enqueued_at
             metrics.queue_wait.labels(name, version).observe(queue_s)
             return PredictResult(predictions, queue_s * 1000, job.inference_s * 1000)
+        except QueueFull:
+            outcome = "rejected"
+            raise
         except ServingError as exc:
-            if outcome == "server_error":
-                outcome = {503: "rejected", 504: "timeout"}.get(
-                    exc.status, "client_error" if exc.status < 500 else "server_error")
+            if outcome == "server_error" and exc.status < 500:
+                outcome = "client_error"
             raise
         finally:
             metrics.requests.labels(name, version, outcome).inc()
