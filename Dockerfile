@@ -17,10 +17,13 @@ COPY app ./app
 RUN pip install --no-compile .
 
 FROM builder AS trainer
+# PyPI's Linux torch wheels bundle CUDA (several GB); training the quick models needs only
+# the CPU build, which PyTorch publishes on its own index.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 COPY training ./training
 # The extra's versions are pinned in pyproject.toml (torch==2.13.0), not on this line.
 # hadolint ignore=DL3013
-RUN pip install --no-compile ".[train]"
+RUN pip install --no-compile --extra-index-url "${TORCH_INDEX}" ".[train]"
 ENV HF_HUB_OFFLINE=1
 CMD ["python", "-m", "training", "all", "--profile", "quick", "--output", "/models"]
 
