@@ -105,3 +105,28 @@ async def test_cuda_without_strict_falls_back_and_says_so(make_client, capsys):
     assert m["provider"] == "CPUExecutionProvider"
     assert m["requested_providers"][0] == "CUDAExecutionProvider"
     assert "runs it on CPU" in capsys.readouterr().err
+
+
+async def test_readiness_flips_only_after_warm_up(repo):
+    import httpx
+
+    from app.main import create_app
+    from app.settings import Settings
+    from tests.builders import add_slow_model
+
+    add_slow_model(repo, max_batch_size=8)  # warm-up runs take a noticeable time
+    app = create_app(Settings(models_dir=repo, log_format="text"))
+    ctx = app.router.lifespan_context(app)
+    startup = asyncio.ensure_future(ctx.__aenter__())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as client:
+        while not hasattr(app.state, "ortserve"):
+            await asyncio.sleep(0.001)
+        early = await client.get("/health/ready")
+        assert early.status_code == 503
+        assert early.json()["not_ready"]["service"] == "starting"
+        assert (await client.get("/health/live")).status_code == 200
+        await startup
+        late = await client.get("/health/ready")
+        assert late.status_code == 200 and late.json()["not_ready"] == {}
+    await ctx.__aexit__(None, None, None)
