@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,3 +44,43 @@ def export_rows_model(module: torch.nn.Module, X_ref: np.ndarray, path: Path,
         sets.append({"features": rows})
     return check_parity(module, path, sets)
 
+
+
+def publish_rows_model(output: Path, name: str, kind: str, module: torch.nn.Module, table,
+                       splits, seed: int, profile: str, hyperparameters: dict, t0: float,
+                       outputs: dict, evaluate_outputs, export=export_rows_model,
+                       labels: list[str] | None = None) -> TaskResult:
+    """Export, evaluate on the test split with ONNX Runtime, and commit a new version.
+
+    `evaluate_outputs(model_outputs)` returns the test metrics; `export` is the exporter
+    (parity-checked by default).
+    """
+    from training.export import run_onnx
+    from training.repository import new_version, provenance
+
+    X_test = table.X[splits.test]
+    with new_version(output, name) as version:
+        onnx_path = version.dir / "model.onnx"
+        parity = export(module, X_test, onnx_path, outputs["name"], seed)
+        metrics = evaluate_outputs(run_onnx(onnx_path, [{"features": X_test}]))
+        manifest = {
+            "name": name,
+            "kind": kind,
+            **({"labels": labels} if labels is not None else {}),
+            "inputs": {"type": "features",
+                       "features": [{"name": f, "dtype": "float32"} for f in table.feature_names]},
+            "outputs": outputs,
+            "model_file": "model.onnx",
+            # rows are cheap: a deeper queue still drains in milliseconds
+            "batching": {"max_batch_size": 256, "max_batch_tokens": 1 << 20, "max_delay_ms": 0,
+                         "max_queue_size": 8192},
+            "test_metrics": metrics,
+            "provenance": provenance(
+                table.source, table.sha256, seed, profile, hyperparameters,
+                time.perf_counter() - t0,
+                splits={"train": len(splits.train), "validation": len(splits.val),
+                        "test": len(splits.test)},
+                parity_max_abs_diff=parity),
+        }
+        number, path = version.commit(manifest)
+    return TaskResult(name, number, path, kind, metrics)

@@ -9,10 +9,8 @@ import torch
 from torch import nn
 
 from training import data, evaluate
-from training.common import TaskResult, export_rows_model, seed_everything
-from training.export import run_onnx
+from training.common import TaskResult, export_rows_model, publish_rows_model, seed_everything
 from training.mlp import FitConfig, Regressor, fit
-from training.repository import new_version, provenance
 
 DEFAULT_NAME = "diabetes"
 HIDDEN = (100,)
@@ -38,37 +36,19 @@ def run(output: Path, name: str | None, seed: int, profile: str,
     cfg = FitConfig(seed=seed, max_epochs=MAX_EPOCHS[profile], patience=20)
     result = fit(model, _mse, Xtr, ytr, X[splits.val], y[splits.val], cfg,
                  desc=f"{name or DEFAULT_NAME} (regression)")
-    name = name or DEFAULT_NAME
-    with new_version(output, name) as version:
-        onnx_path = version.dir / "model.onnx"
-        parity = export_rows_model(model, X[splits.test], onnx_path, "value", seed)
-        pred = run_onnx(onnx_path, [{"features": X[splits.test]}])[:, 0]
-        metrics = evaluate.regression_metrics(y[splits.test], pred)
-        manifest = {
-            "name": name,
-            "kind": "tabular-regression",
-            "inputs": {"type": "features",
-                       "features": [{"name": f, "dtype": "float32"} for f in table.feature_names]},
-            "outputs": {"name": "value", "shape": ["batch", 1],
-                        "meaning": "predicted target in the units of the training data"},
-            "model_file": "model.onnx",
-            # rows are cheap: a deeper queue still drains in milliseconds
-            "batching": {"max_batch_size": 256, "max_batch_tokens": 1 << 20, "max_delay_ms": 0,
-                         "max_queue_size": 8192},
-            "test_metrics": metrics,
-            "provenance": provenance(
-                table.source, table.sha256, seed, profile,
-                {"architecture": f"MLP {len(table.feature_names)} -> "
-                                 f"{' -> '.join(map(str, HIDDEN))} -> 1",
-                 "activation": "relu", "optimizer": "adam", "lr": cfg.lr,
-                 "batch_size": cfg.batch_size, "max_epochs": cfg.max_epochs,
-                 "patience": cfg.patience, "epochs_run": result.epochs_run,
-                 "best_epoch": result.best_epoch,
-                 "standardisation": "features and target fitted on train, in graph"},
-                time.perf_counter() - t0,
-                splits={"train": len(splits.train), "validation": len(splits.val),
-                        "test": len(splits.test)},
-                parity_max_abs_diff=parity),
-        }
-        number, path = version.commit(manifest)
-    return TaskResult(name, number, path, "tabular-regression", metrics)
+    y_test = y[splits.test]
+    return publish_rows_model(
+        output, name or DEFAULT_NAME, "tabular-regression", model, table, splits, seed,
+        profile,
+        {"architecture": f"MLP {len(table.feature_names)} -> "
+                         f"{' -> '.join(map(str, HIDDEN))} -> 1",
+         "activation": "relu", "optimizer": "adam", "lr": cfg.lr,
+         "batch_size": cfg.batch_size, "max_epochs": cfg.max_epochs,
+         "patience": cfg.patience, "epochs_run": result.epochs_run,
+         "best_epoch": result.best_epoch,
+         "standardisation": "features and target fitted on train, in graph"},
+        t0,
+        {"name": "value", "shape": ["batch", 1],
+         "meaning": "predicted target in the units of the training data"},
+        lambda values: evaluate.regression_metrics(y_test, values[:, 0]),
+        export=export_rows_model)
