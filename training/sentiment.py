@@ -29,8 +29,10 @@ DEFAULT_NAME = "sentiment"
 INT8_MAX_ACCURACY_DROP = 0.01
 # The server batches strangers together: a variant is served by default only if an input's
 # output does not depend on its batch mates. Dynamic int8 quantisation computes activation
-# scales over the whole batch tensor, so it usually fails this.
+# scales over the whole batch tensor and fails this; the static (calibrated) int8 graph
+# written here passes it.
 BATCH_INVARIANCE_TOLERANCE = 1e-5
+CALIBRATION_TEXTS = 512
 
 
 @dataclass
@@ -274,7 +276,10 @@ def run(output: Path, name: str | None, seed: int, profile: str, csv: Path | Non
     seqs = [e.ids for e in tok.encode_batch(corpus.texts)]
     seed_everything(seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model = TextClassifier(AutoModel.from_pretrained(encoder), len(labels), cfg.dropout)
+    # Eager attention exports as plain MatMul/Softmax, which ONNX Runtime runs faster than
+    # the NaN-guarded graph that the SDPA path exports (int8 at batch 64: 359 vs 316/s).
+    model = TextClassifier(AutoModel.from_pretrained(encoder, attn_implementation="eager"),
+                           len(labels), cfg.dropout)
     train_idx = _subset(splits.train, y, cfg.train_limit, seed)
     val_idx = _subset(splits.val, y, cfg.val_limit, seed)
     name = name or DEFAULT_NAME
@@ -293,7 +298,9 @@ def run(output: Path, name: str | None, seed: int, profile: str, csv: Path | Non
                     {"input_ids": {0: "batch", 1: "sequence"},
                      "attention_mask": {0: "batch", 1: "sequence"}})
         parity = check_parity(model, fp32, parity_inputs(test_seqs, cfg.max_length, seed))
-        quantize_int8(fp32, int8)
+        calibration = [seqs[i] for i in _subset(splits.train, y, CALIBRATION_TEXTS, seed)]
+        quantize_int8(fp32, int8, [pad(calibration[i:i + 32])
+                                   for i in range(0, len(calibration), 32)])
         tok.save(str(version.dir / "tokenizer.json"))
         m_fp32 = evaluate.classification_metrics(y[splits.test], predict_onnx(fp32, test_seqs),
                                                  labels)
