@@ -78,6 +78,28 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+OUTCOMES = ("success", "client_error", "server_error", "rejected", "timeout", "cancelled")
+
+
+class RequestObserver:
+    """Binds the request metrics of one model once, not per request (one child per outcome;
+    every outcome is exported from the start, at 0)."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self._requests = {o: metrics.requests.labels(model, version, o) for o in OUTCOMES}
+        self._latency = metrics.request_latency.labels(model, version)
+        self._inputs = metrics.inputs.labels(model, version)
+        self._queue_wait = metrics.queue_wait.labels(model, version)
+
+    def predicted(self, inputs: int, queue_wait_s: float) -> None:
+        self._inputs.inc(inputs)
+        self._queue_wait.observe(queue_wait_s)
+
+    def request_done(self, outcome: str, seconds: float) -> None:
+        self._requests[outcome].inc()
+        self._latency.observe(seconds)
+
+
 class ModelObserver:
     """Binds the batch metrics of one model for the batcher (which knows no labels)."""
 

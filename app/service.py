@@ -21,14 +21,22 @@ from app.errors import (
     QueueFull,
     ServingError,
 )
-from app.metrics import Metrics, ModelObserver
+from app.metrics import Metrics, ModelObserver, RequestObserver
 from app.pipelines import Pipeline, build_pipeline
 from app.repository import ModelSource, scan
 from app.runtime.batcher import BatchLimits, BatchQueue
-from app.runtime.session import ModelSession, create_session
-from app.settings import Settings, resolved_intra_op_threads
+from app.runtime.session import CPU, ModelSession, create_session
+from app.settings import Settings, resolved_instances, resolved_intra_op_threads
 
 log = logging.getLogger("ortserve.models")
+
+# A request still waiting after this long starts listening for its client going away; one
+# answered sooner never pays for the listener.
+WATCH_AFTER_S = 0.25
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request waited."""
 
 
 @dataclass
@@ -48,6 +56,7 @@ class ModelService:
     queue: BatchQueue | None = None
     limits: BatchLimits | None = None
     load_seconds: float | None = None
+    observer: RequestObserver | None = None
     _labels: tuple[str, str] = field(default=("", ""))
 
     @property
@@ -74,6 +83,7 @@ class ModelService:
             "providers": self.session.providers if self.session else None,
             "requested_providers": self.session.requested if self.session else None,
             "batching": vars(self.limits) if self.limits else None,
+            "instances": self.queue.instances if self.queue else None,
         }
         if full and m is not None:
             out["manifest"] = m.model_dump(mode="json")
@@ -83,10 +93,14 @@ class ModelService:
             out["load_seconds"] = self.load_seconds
         return out
 
-    async def predict(self, inputs: Sequence[Any], metrics: Metrics, timeout_s: float,
+    async def predict(self, inputs: Sequence[Any], timeout_s: float,
                       disconnected: Callable[[], Awaitable[Any]] | None = None) -> PredictResult:
-        """Run inputs through the model; the caller maps errors to HTTP."""
-        name, version = self._labels
+        """Run inputs through the model; the caller maps errors to HTTP.
+
+        The deadline and the disconnect watch are timer callbacks that fail the job, not
+        tasks raced against it: a request answered within `WATCH_AFTER_S` never starts the
+        task that listens for its client going away.
+        """
         t0 = time.perf_counter()
         outcome = "server_error"
         try:
@@ -95,37 +109,53 @@ class ModelService:
                                     + (f": {self.error}" if self.error else ""))
             payloads, costs = self.pipeline.preprocess(inputs)
             job = self.queue.submit(payloads, costs)
-            waiters = {job.future}
-            watch = asyncio.ensure_future(disconnected()) if disconnected is not None else None
-            if watch is not None:
-                waiters.add(watch)
+            loop = asyncio.get_running_loop()
+            expires = loop.time() + timeout_s
+            watch: list[asyncio.Future] = []
+
+            def expire() -> None:
+                job.fail(DeadlineExceeded(f"no answer within {timeout_s:.3g} s; the request "
+                                          "was dropped from the queue"))
+
+            def client_left(task: asyncio.Future) -> None:
+                if not task.cancelled() and task.exception() is None:
+                    job.fail(ClientGone())
+
+            def start_watch() -> None:
+                nonlocal timer
+                task = asyncio.ensure_future(disconnected())
+                task.add_done_callback(client_left)
+                watch.append(task)
+                timer = loop.call_at(expires, expire)
+
+            # One timer at a time: first the watch's start, then the deadline.
+            if disconnected is not None and timeout_s > WATCH_AFTER_S:
+                timer = loop.call_later(WATCH_AFTER_S, start_watch)
+            else:
+                timer = loop.call_later(timeout_s, expire)
             try:
-                done, _ = await asyncio.wait(waiters, timeout=timeout_s,
-                                             return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if watch is not None:
-                    watch.cancel()
-            if job.future not in done:
-                job.cancel()
-                if watch is not None and watch in done:
-                    outcome = "cancelled"
-                    raise ModelNotReady("client disconnected")
+                outputs = await job.future
+            except ClientGone:
+                outcome = "cancelled"
+                raise ModelNotReady("client disconnected") from None
+            except DeadlineExceeded:
                 outcome = "timeout"
-                raise DeadlineExceeded(f"no answer within {timeout_s:.3g} s; the request was "
-                                       "dropped from the queue")
-            try:
-                outputs = job.future.result()
+                raise
             except ServingError:
                 raise
             except Exception as exc:
                 log.exception("model %s version %s: batch failed", self.name, self.version)
                 raise InferenceFailed(f"model {self.name} failed on this batch: "
                                       f"{type(exc).__name__}: {exc}") from exc
+            finally:
+                timer.cancel()
+                for task in watch:
+                    task.cancel()
             predictions = self.pipeline.postprocess(outputs)
             outcome = "success"
-            metrics.inputs.labels(name, version).inc(len(predictions))
             queue_s = (job.started_at or job.enqueued_at) - job.enqueued_at
-            metrics.queue_wait.labels(name, version).observe(queue_s)
+            if self.observer is not None:
+                self.observer.predicted(len(predictions), queue_s)
             return PredictResult(predictions, queue_s * 1000, job.inference_s * 1000)
         except QueueFull:
             outcome = "rejected"
@@ -135,8 +165,8 @@ class ModelService:
                 outcome = "client_error"
             raise
         finally:
-            metrics.requests.labels(name, version, outcome).inc()
-            metrics.request_latency.labels(name, version).observe(time.perf_counter() - t0)
+            if self.observer is not None:
+                self.observer.request_done(outcome, time.perf_counter() - t0)
 
 
 class ModelRegistry:
@@ -191,7 +221,9 @@ class ModelRegistry:
         sources = await asyncio.to_thread(scan, s.models_dir, s.models or None,
                                           s.model_versions, s.model_variant)
         for src in sources:
-            svc = ModelService(src, _labels=(src.name, str(src.version)))
+            labels = (src.name, str(src.version))
+            svc = ModelService(src, observer=RequestObserver(self.metrics, *labels),
+                               _labels=labels)
             self.models[src.name] = svc
             self.metrics.ready.labels(*svc._labels).set(0)
         for svc in self.models.values():
@@ -231,7 +263,8 @@ class ModelRegistry:
             return pipeline.run_batch(session_run, payloads)
 
         svc.queue = BatchQueue(run, svc.limits, ModelObserver(self.metrics, *svc._labels),
-                               name=svc.name)
+                               name=svc.name,
+                               instances=resolved_instances(s, session.provider != CPU))
         try:
             if s.warmup:
                 for payloads in pipeline.warmup_payloads():

@@ -48,8 +48,15 @@ class Settings(BaseSettings):
     strict_device: bool = Field(
         False, description="Refuse to start when a model does not run on the asked device.")
     tensorrt: bool = Field(False, description="Try TensorRT before CUDA when on a GPU.")
+    instances: int = Field(
+        0, ge=0, description="Batches of one model that run at once, each in its own thread "
+                             "(Triton's instance count). 0 = one per CPU core of a worker "
+                             "process on CPU, 1 on a GPU. Many single-thread instances give "
+                             "the most throughput under load; one instance with all the "
+                             "cores' threads answers a lone request fastest.")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per "
-                                                      "session; 0 = CPU cores / workers.")
+                                                      "batch run; 0 = CPU cores / (workers x "
+                                                      "instances).")
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads.")
     ort_allow_spinning: bool = Field(
         False, description="Let ONNX Runtime's idle threads spin (lower latency on dedicated "
@@ -87,6 +94,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service's own logs.")
     log_format: Literal["json", "text"] = Field("json", description="JSON lines or text.")
+    otel: bool = Field(False, description="FastAPI's OpenTelemetry spans and metrics per HTTP "
+                                          "request, sent to the globally configured "
+                                          "providers; off, it costs nothing per request.")
     shutdown_grace_s: float = Field(30.0, gt=0, description="On SIGTERM, most seconds to "
                                                             "finish accepted work before exit.")
     ssl_certfile: str | None = Field(None, description="TLS certificate (PEM) for uvicorn.")
@@ -139,6 +149,14 @@ def resolved_workers(settings: Settings) -> int:
     return settings.workers or cpu_count()
 
 
+def resolved_instances(settings: Settings, on_gpu: bool = False) -> int:
+    if settings.instances:
+        return settings.instances
+    return 1 if on_gpu else max(1, cpu_count() // resolved_workers(settings))
+
+
 def resolved_intra_op_threads(settings: Settings) -> int:
-    """Cores shared out between worker processes, so they do not oversubscribe the CPU."""
-    return settings.intra_op_threads or max(1, cpu_count() // resolved_workers(settings))
+    """Cores shared out between worker processes and their instances, so that they do not
+    oversubscribe the CPU."""
+    return settings.intra_op_threads or max(
+        1, cpu_count() // (resolved_workers(settings) * resolved_instances(settings)))

@@ -83,6 +83,37 @@ async def test_non_finite_values_are_rejected(client):
     assert r.status_code == 422 and "inputs[0]" in r.text
 
 
+@pytest.mark.parametrize("path, headers, field", [
+    ("/predict", {"X-Request-Timeout": "soon"}, "X-Request-Timeout"),
+    ("/predict", {"X-Request-Timeout": "0.01"}, "X-Request-Timeout"),
+    ("/predict", {"X-Request-Timeout": "inf"}, "X-Request-Timeout"),
+    ("/models/Bad.Name/predict", {}, "name"),
+])
+async def test_bad_header_or_path_is_422_naming_it(client, path, headers, field):
+    r = await client.post(path, json={"inputs": ["good"]}, headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_request"
+    assert field in r.json()["error"]["message"]
+
+
+async def test_predict_routes_document_body_header_and_path(client):
+    spec = (await client.get("/openapi.json")).json()
+    for path in ("/predict", "/models/{name}/predict"):
+        op = spec["paths"][path]["post"]
+        body = op["requestBody"]["content"]["application/json"]["schema"]
+        assert {"inputs", "version"} <= set(body["properties"])
+        assert "inputs" in body["required"]
+        params = {(p["in"], p["name"]) for p in op["parameters"]}
+        assert ("header", "X-Request-Timeout") in params
+        assert op["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/PredictResponse"}
+    assert ("path", "name") in {(p["in"], p["name"])
+                                for p in spec["paths"]["/models/{name}/predict"]["post"][
+                                    "parameters"]}
+    assert "model" in spec["paths"]["/predict"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["properties"]
+
+
 async def test_malformed_json_is_400(client):
     r = await client.post("/predict", content=b'{"inputs": [', headers={
         "content-type": "application/json"})

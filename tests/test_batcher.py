@@ -32,8 +32,8 @@ class Recorder:
         return [p * 2 for p in payloads]
 
 
-def make(model, **limits) -> BatchQueue:
-    q = BatchQueue(model, BatchLimits(**limits))
+def make(model, instances: int = 1, **limits) -> BatchQueue:
+    q = BatchQueue(model, BatchLimits(**limits), instances=instances)
     q.start()
     return q
 
@@ -134,12 +134,13 @@ async def test_full_queue_rejects_at_once():
     q = make(model, max_queue_size=3)
     blocker = q.submit([0], [1])
     await asyncio.sleep(0.05)
-    q.submit([1, 2], [1, 1])
+    queued = q.submit([1, 2], [1, 1])
     with pytest.raises(QueueFull) as err:
         q.submit([3, 4], [1, 1])
     assert err.value.headers == {"Retry-After": "1"}
     model.gate.set()
     await blocker.future
+    assert await queued.future == [2, 4]  # what was accepted still runs
     await q.close()
 
 
@@ -168,6 +169,58 @@ async def test_drain_waits_for_queued_work():
     await q.close()
 
 
+async def test_instances_run_batches_at_the_same_time():
+    both_inside = threading.Barrier(2, timeout=5)  # breaks unless two batches overlap
+
+    def model(payloads):
+        both_inside.wait()
+        return [p * 2 for p in payloads]
+
+    q = make(model, instances=2, max_batch_size=1)
+    a, b = q.submit([1], [1]), q.submit([2], [1])
+    assert await a.future == [2] and await b.future == [4]
+    await q.close()
+
+
+def _blocking_model(calls: list, release: threading.Event):
+    def model(payloads):
+        calls.append(list(payloads))
+        if payloads[0] == 0:
+            release.wait(5)
+        return [p * 2 for p in payloads]
+    return model
+
+
+async def test_a_free_instance_waits_for_its_share_of_the_queue():
+    calls, release = [], threading.Event()
+    q = make(_blocking_model(calls, release), instances=2, max_batch_size=64)
+    q._recent_run_s = 40.0  # patience (a quarter of it) far longer than this test
+    busy = q.submit([0, 0, 0, 0], [1] * 4)  # one instance runs these until released
+    await asyncio.sleep(0.05)
+    first = q.submit([1], [1])  # 5 in flight: the free instance waits for 2 queued
+    await asyncio.sleep(0.05)
+    second = q.submit([2], [1])
+    assert await first.future == [2] and await second.future == [4]
+    assert calls == [[0, 0, 0, 0], [1, 2]]
+    release.set()
+    await busy.future
+    await q.close()
+
+
+async def test_a_free_instance_does_not_wait_forever():
+    calls, release = [], threading.Event()
+    q = make(_blocking_model(calls, release), instances=2, max_batch_size=64)
+    q._recent_run_s = 0.2  # patience 50 ms
+    busy = q.submit([0, 0, 0, 0], [1] * 4)
+    await asyncio.sleep(0.05)
+    alone = q.submit([1], [1])  # its share is 2, but nobody else comes
+    assert await asyncio.wait_for(alone.future, 5) == [2]
+    assert not busy.future.done()  # it ran beside the busy instance, not after it
+    release.set()
+    await busy.future
+    await q.close()
+
+
 request_plan = st.lists(
     st.tuples(st.integers(1, 9),          # inputs in the request
               st.booleans(),              # cancelled while queued
@@ -177,12 +230,14 @@ request_plan = st.lists(
 
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(plan=request_plan, max_batch=st.integers(1, 8), budget=st.integers(1, 40))
-def test_any_interleaving_gives_each_survivor_exactly_its_results(plan, max_batch, budget):
+@given(plan=request_plan, max_batch=st.integers(1, 8), budget=st.integers(1, 40),
+       instances=st.integers(1, 3))
+def test_any_interleaving_gives_each_survivor_exactly_its_results(plan, max_batch, budget,
+                                                                  instances):
     async def scenario():
         model = Recorder(fail_on={-1})
         model.gate.clear()
-        q = make(model, max_batch_size=max_batch, max_batch_tokens=budget)
+        q = make(model, instances, max_batch_size=max_batch, max_batch_tokens=budget)
         blocker = q.submit([0], [1])
         await asyncio.sleep(0.005)
         jobs, base = [], 1000

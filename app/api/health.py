@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Request
 
-from fastapi import APIRouter, Depends
-
+from app.api.lean import LeanRoute
 from app.api.schemas import Liveness, Readiness
 from app.responses import JSONResponse
-from app.state import AppState, get_state
+from app.state import AppState
 
-router = APIRouter(prefix="/health", tags=["health"])
+router = APIRouter(prefix="/health", tags=["health"], route_class=LeanRoute)
 
 
 @router.get("/live", response_model=Liveness, summary="200 while the process runs")
-async def live():
+async def live(request: Request):
     return JSONResponse({"status": "alive"})
 
 
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}},
             summary="200 once every configured model is loaded and warmed; 503 before, "
                     "while draining, or when a model failed")
-async def ready(state: Annotated[AppState, Depends(get_state)]):
+async def ready(request: Request):
+    state: AppState = request.app.state.ortserve
     not_ready = state.registry.not_ready()
     if not state.started:
         not_ready = {"service": "starting", **not_ready}

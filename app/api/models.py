@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 
-from app.api.predict import ERRORS, ModelName
+from app.api.predict import ERRORS, MAX_NAME_LENGTH
 from app.api.schemas import ModelDetail, ModelList
+from app.manifest import NAME_PATTERN
 from app.state import AppState, get_state
+
+ModelName = Annotated[str, Path(pattern=NAME_PATTERN.pattern, max_length=MAX_NAME_LENGTH,
+                                description="Model name.")]
 
 router = APIRouter(tags=["models"])
 

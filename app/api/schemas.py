@@ -95,7 +95,7 @@ class ModelSummary(BaseModel):
         "provider": "CPUExecutionProvider", "providers": ["CPUExecutionProvider"],
         "requested_providers": ["CPUExecutionProvider"],
         "batching": {"max_batch_size": 64, "max_batch_tokens": 8192, "max_delay_ms": 0.0,
-                     "max_queue_size": 1024}}]})
+                     "max_queue_size": 1024}, "instances": 2}]})
 
     name: str
     version: int | None
@@ -108,6 +108,7 @@ class ModelSummary(BaseModel):
     providers: list[str] | None
     requested_providers: list[str] | None
     batching: BatchingInfo | None
+    instances: int | None = Field(None, description="Batches of this model that run at once.")
 
 
 class ModelList(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ class _RowsPipeline(Pipeline):
         self.features = [f.name for f in manifest.inputs.features or []]
         self._index = {name: j for j, name in enumerate(self.features)}
 
-    def _row(self, i: int, row: Any) -> np.ndarray:
+    def _values(self, i: int, row: Any) -> list:
         n = len(self.features)
         if isinstance(row, dict):
             missing = [f for f in self.features if f not in row]
@@ -33,32 +32,37 @@ class _RowsPipeline(Pipeline):
                         + ([f"unknown features {extra[:5]}"] if extra else [])),
                     {"field": f"inputs[{i}]", "missing": missing, "unknown": extra})
             values = [row[f] for f in self.features]
-            names = self.features
         elif isinstance(row, list | tuple):
             if len(row) != n:
                 raise InvalidInput(f"inputs[{i}]: expected {n} features, got {len(row)}",
                                    {"field": f"inputs[{i}]", "expected": n, "got": len(row)})
-            values, names = row, self.features
+            values = row
         else:
             raise InvalidInput(f"inputs[{i}]: expected a list of {n} numbers or an object "
                                f"keyed by feature name, got {type(row).__name__}",
                                {"field": f"inputs[{i}]"})
-        for j, v in enumerate(values):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise InvalidInput(f"inputs[{i}].{names[j]}: expected a finite number, "
-                                   f"got {v!r}", {"field": f"inputs[{i}][{j}]",
-                                                  "feature": names[j]})
-        with np.errstate(over="ignore"):
-            return np.asarray(values, dtype=np.float32)
+        if not all(type(v) is float for v in values):  # the request schema makes floats
+            for j, v in enumerate(values):
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    self._reject(i, j, v)
+        return values
+
+    def _reject(self, i: int, j: int, value: Any) -> None:
+        name = self.features[j]
+        raise InvalidInput(f"inputs[{i}].{name}: expected a finite number within float32 "
+                           f"range, got {value!r}",
+                           {"field": f"inputs[{i}][{j}]", "feature": name})
 
     def preprocess(self, inputs: Sequence[Any]) -> tuple[list[Any], list[int]]:
         self.check_count(inputs)
-        rows = [self._row(i, r) for i, r in enumerate(inputs)]
-        if any(not np.isfinite(r).all() for r in rows):  # finite doubles out of float32 range
-            bad = next(i for i, r in enumerate(rows) if not np.isfinite(r).all())
-            raise InvalidInput(f"inputs[{bad}]: value out of float32 range",
-                               {"field": f"inputs[{bad}]"})
-        return rows, [1] * len(rows)
+        values = [self._values(i, r) for i, r in enumerate(inputs)]
+        with np.errstate(over="ignore", invalid="ignore"):
+            matrix = np.array(values, dtype=np.float32)
+        finite = np.isfinite(matrix)
+        if not finite.all():  # NaN, infinities, or finite doubles out of float32 range
+            i, j = (int(k) for k in np.argwhere(~finite)[0])
+            self._reject(i, j, values[i][j])
+        return list(matrix), [1] * len(values)
 
     def collate(self, payloads: list[Any]) -> dict[str, np.ndarray]:
         return {"features": np.stack(payloads)}

@@ -70,7 +70,7 @@ class TextClassificationPipeline(Pipeline):
                         {"field": f"inputs[{i}]", "limit": self.max_text_chars})
                 text = text[:self.max_text_chars]
             texts.append(text)
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=True)
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         return ids, [len(x) for x in ids]
 

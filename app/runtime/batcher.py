@@ -1,11 +1,12 @@
 """Dynamic batching: one queue and one worker per model.
 
-The worker forms the next batch the moment the model is free, from whatever is queued:
-as many items as fit `max_batch_size` and a token budget computed on the padded size
+The worker forms the next batch the moment a model instance is free, from whatever is
+queued: as many items as fit `max_batch_size` and a token budget computed on the padded size
 (longest item x count). A lone request on an idle model starts at once; `max_delay_ms`
-optionally waits for company. The model runs in a dedicated thread so the event loop
-never blocks. The batcher knows nothing about text or rows: it moves opaque payloads
-with a cost (their length) and hands each job its results in input order.
+optionally waits for company. Up to `instances` batches run at once, each in its own thread
+(ONNX Runtime releases the GIL), so the event loop never blocks. The batcher knows nothing
+about text or rows: it moves opaque payloads with a cost (their length) and hands each job
+its results in input order.
 """
 
 from __future__ import annotations
@@ -57,10 +58,16 @@ class Job:
         return self.cancelled or self.future.done()
 
     def cancel(self) -> None:
-        """The client left or its deadline passed: skip whatever has not run yet."""
+        """Skip whatever has not run yet; the future is cancelled."""
         self.cancelled = True
         if not self.future.done():
             self.future.cancel()
+
+    def fail(self, exc: BaseException) -> None:
+        """The client left or its deadline passed: skip what has not run, raise `exc`."""
+        self.cancelled = True
+        if not self.future.done():
+            self.future.set_exception(exc)
 
 
 @dataclass
@@ -75,21 +82,35 @@ class BatchLimits:
 # to the model thread and back costs more than such a model run, and the loop is blocked
 # for less time than it spends parsing one request.
 INLINE_RUN_S = 0.0003
+# The longest a free instance waits for its share of the queue, as a fraction of the recent
+# batch run time (see BatchQueue._patience_left).
+PATIENCE_FRACTION = 0.25
+
+
+def _outcome(future: asyncio.Future) -> tuple[Sequence[Any], float] | BaseException:
+    if future.cancelled():
+        return ModelNotReady("model was unloaded")
+    return future.exception() or future.result()
 
 
 class BatchQueue:
-    """Queue + worker for one model. `run_batch(payloads) -> outputs` runs in a thread."""
+    """Queue + worker for one model. `run_batch(payloads) -> outputs` runs in a thread;
+    up to `instances` batches run at once."""
 
     def __init__(self, run_batch: Callable[[list[Any]], Sequence[Any]], limits: BatchLimits,
-                 observer: BatchObserver | None = None, name: str = "model") -> None:
+                 observer: BatchObserver | None = None, name: str = "model",
+                 instances: int = 1) -> None:
         self._run_batch = run_batch
         self.limits = limits
+        self.instances = max(1, instances)
         self._observer = observer or _NullObserver()
         self._queue: deque[tuple[Job, int]] = deque()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+        self._executor = ThreadPoolExecutor(max_workers=self.instances,
+                                            thread_name_prefix=f"ort-{name}")
         self._worker: asyncio.Task | None = None
-        self._busy = False
+        self._running = 0  # batches in flight
+        self._running_items = 0  # inputs in those batches
         self._idle = asyncio.Event()
         self._idle.set()
         self.batches_run = 0
@@ -154,59 +175,121 @@ class BatchQueue:
         loop = asyncio.get_running_loop()
         while True:
             self._drop_dead_head()
-            if not self._queue:
-                self._observer.queue_depth(0)
-                self._idle.set()
+            if not self._queue or self._running >= self.instances:
+                if not self._queue and not self._running:
+                    self._observer.queue_depth(0)
+                    self._idle.set()
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                await self._wakeup.wait()  # set by submit() and by each finished batch
                 continue
             if self.limits.max_delay_ms > 0:
                 await self._wait_for_company()
-            batch = self._take()
-            self._observer.queue_depth(len(self._queue))
-            if not batch:
-                continue
-            now = time.perf_counter()
-            for job, _ in batch:
-                if job.started_at is None:
-                    job.started_at = now
-            payloads = [job.payloads[i] for job, i in batch]
-            padded = max(job.costs[i] for job, i in batch) * len(batch)
-            self._busy = True
-            try:
-                if self._recent_run_s < INLINE_RUN_S:
-                    outputs = self._run_batch(payloads)
-                else:
-                    outputs = await loop.run_in_executor(self._executor, self._run_batch,
-                                                         payloads)
-                if len(outputs) != len(batch):
-                    raise RuntimeError(f"model returned {len(outputs)} outputs for "
-                                       f"{len(batch)} inputs")
-            except Exception as exc:  # noqa: BLE001 - fail this batch's jobs only
-                for job, _ in batch:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            finally:
-                self._busy = False
-                self.batches_run += 1
-            seconds = time.perf_counter() - now
-            self._recent_run_s = 0.8 * self._recent_run_s + 0.2 * seconds
-            self._observer.batch_done(len(batch), padded, seconds)
-            for job in dict.fromkeys(job for job, _ in batch):
-                job.inference_s += seconds  # a split job sums the batches it took part in
-            for (job, i), out in zip(batch, outputs, strict=True):
-                if job.future.done():
+            else:
+                wait = self._patience_left()
+                if wait > 0:
+                    self._wakeup.clear()
+                    timer = loop.call_later(wait, self._wakeup.set)
+                    await self._wakeup.wait()
+                    timer.cancel()
                     continue
-                job.results[i] = out
-                job.remaining -= 1
-                if job.remaining == 0:
-                    job.future.set_result(job.results)
+            self._launch_next()
+
+    def _patience_left(self) -> float:
+        """Seconds a free instance should still wait before taking what is queued; 0 = go.
+
+        An idle model starts at once. While another instance is busy, a free one waits until
+        the queue holds a fair share of the requests in flight (queued + running), so that
+        each instance runs one cohort of clients instead of chasing stragglers in small
+        batches, but never longer than a quarter of a recent batch run. Sentiment, one text
+        per request, 64 clients, 2 instances: launching whatever is queued ran batches of
+        10.9 on average (667 inputs/s); waiting for 1/2 of what is in flight, 22 (701/s);
+        for 1/3, 21 and no instance waiting for its own clients (730/s).
+        """
+        if not self._running:
+            return 0.0
+        queued = len(self._queue)
+        # one cohort per instance plus one waiting: a finished instance finds the next cohort
+        # queued, while its own clients are still reading answers and sending again
+        share = -(-(queued + self._running_items) // (self.instances + 1))  # ceil division
+        if queued >= min(share, self.limits.max_batch_size):
+            return 0.0
+        waited = time.perf_counter() - self._queue[0][0].enqueued_at
+        return max(0.0, PATIENCE_FRACTION * self._recent_run_s - waited)
+
+    def _launch_next(self) -> None:
+        """Take the next batch from the queue and start it (inline for a tiny model)."""
+        batch = self._take()
+        self._observer.queue_depth(len(self._queue))
+        if not batch:
+            return
+        now = time.perf_counter()
+        for job, _ in batch:
+            if job.started_at is None:
+                job.started_at = now
+        payloads = [job.payloads[i] for job, i in batch]
+        self._running += 1
+        self._running_items += len(batch)
+        if self._recent_run_s < INLINE_RUN_S:
+            try:
+                result = self._timed_run(payloads)
+            except Exception as exc:  # noqa: BLE001 - fail this batch's jobs only
+                result = exc
+            self._finish(batch, result)
+        else:
+            future = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._timed_run, payloads)
+            future.add_done_callback(lambda f, batch=batch: self._finish(batch, _outcome(f)))
+
+    def _finish(self, batch: list[tuple[Job, int]],
+                result: tuple[Sequence[Any], float] | BaseException) -> None:
+        """On the event loop, when a batch is done: hand out its outputs (or its error)."""
+        self._running -= 1
+        self._running_items -= len(batch)
+        self.batches_run += 1
+        self._wakeup.set()
+        if isinstance(result, tuple) and len(result[0]) != len(batch):
+            result = RuntimeError(f"model returned {len(result[0])} outputs for "
+                                  f"{len(batch)} inputs")
+        if isinstance(result, BaseException):
+            for job, _ in batch:
+                if not job.future.done():
+                    job.future.set_exception(result)
+            return
+        outputs, seconds = result
+        self._recent_run_s = 0.8 * self._recent_run_s + 0.2 * seconds
+        padded = max(job.costs[i] for job, i in batch) * len(batch)
+        self._observer.batch_done(len(batch), padded, seconds)
+        for job in dict.fromkeys(job for job, _ in batch):
+            job.inference_s += seconds  # a split job sums the batches it took part in
+        for (job, i), out in zip(batch, outputs, strict=True):
+            if job.future.done():
+                continue
+            job.results[i] = out
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.future.set_result(job.results)
+        if (self.limits.max_delay_ms <= 0 and self._recent_run_s >= INLINE_RUN_S
+                and self._worker is not None and not self._worker.done()):
+            # What queued up while this batch ran goes at once, not a loop iteration later.
+            self._drop_dead_head()
+            if self._queue and self._running < self.instances and not self._patience_left():
+                self._launch_next()
+
+    def _timed_run(self, payloads: list[Any]) -> tuple[Sequence[Any], float]:
+        """Run a batch; also return its run time, measured where it ran.
+
+        Timing the hand-off to the thread as well would count the wait for the GIL while
+        the event loop is busy (up to the interpreter's 5 ms switch interval), so a tiny
+        model under load would look slow and never be run inline.
+        """
+        t0 = time.perf_counter()
+        outputs = self._run_batch(payloads)
+        return outputs, time.perf_counter() - t0
 
     # -- lifecycle -----------------------------------------------------------------------
     async def drain(self) -> None:
         """Return once every queued item has run (or was dropped) and no batch is running."""
-        while self._queue or self._busy:
+        while self._queue or self._running:
             self._idle.clear()
             await self._idle.wait()
 
