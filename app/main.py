@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
 from contextlib import asynccontextmanager
 
@@ -50,6 +51,15 @@ def quiet_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, second, third)
 
 
+def _telemetry(enabled: bool) -> dict:
+    """FastAPI's own OpenTelemetry (FastAPI versions that have it). Unconfigured, it still
+    looks up the providers on every request: a tenth of a small model's request time."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": enabled, "metrics": enabled, "logs": enabled,
+                          "operation_spans": enabled}}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -80,10 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="ortserve", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan, default_response_class=JSONResponse,
-                  # Unconfigured, FastAPI still looks up the OpenTelemetry providers on
-                  # every request (a tenth of a small model's request time).
-                  telemetry={"tracing": settings.otel, "metrics": settings.otel,
-                             "logs": settings.otel, "operation_spans": settings.otel})
+                  **_telemetry(settings.otel))
     install_handlers(app)
     for r in (predict.router, models.router, health.router, metrics_api.router):
         app.include_router(r)

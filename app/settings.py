@@ -67,8 +67,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, description="Most inputs in one model run.")
     max_batch_tokens: int = Field(8192, ge=1, description="Text: most padded tokens "
                                                           "(longest x count) in one run.")
-    max_delay_ms: float = Field(0.0, ge=0, description="Wait this long for company when a "
-                                                       "batch is not full; 0 never waits.")
+    max_delay_ms: float = Field(
+        0.0, ge=0, description="Wait this long for company when a batch is not full. 0: an "
+                               "idle model starts a lone request at once; a free instance "
+                               "waits (at most a quarter of a batch run) only while another "
+                               "one is busy.")
     max_queue_size: int = Field(256, ge=1, description="Inputs queued per model before 503 "
                                 "(a manifest may set its own).")
     batching: dict[str, BatchingOverride] = Field(default_factory=dict,

@@ -115,7 +115,22 @@ def run(a: argparse.Namespace) -> int:
         for wl, lv in ((text1, levels), (text16, levels[:4]), (tab1, levels),
                        (tab64, levels[:4])):
             for c in lv:
+                if wl is text1 and c == 1:
+                    # the same minute as the c=1 run: this VM's speed drifts between minutes
+                    single = ceilings.model_ceiling(
+                        sent_dir, texts, manifest["model_file"], threads, batch_sizes=(1,),
+                        seconds=a.ceiling_seconds)
+                    results["single_paired_ms"] = single["single_p50_ms"]
                 results["closed"].append(closed(svc, wl, c, secs))
+        print("paired: GET /health/live then tabular x1, c=64, three rounds", flush=True)
+        results["paired_tabular_http"] = []
+        for _ in range(3):
+            live = load.closed_loop(svc.url, "/health/live", None, 64, secs / 2, method="GET")
+            tab = load.closed_loop(svc.url, tab1.path, tab1.bodies, 64, secs / 2)
+            results["paired_tabular_http"].append({"http_rps": live["rps"],
+                                                   "tabular_rps": tab["rps"]})
+            print(f"  {live['rps']:9.1f} vs {tab['rps']:9.1f} req/s "
+                  f"({tab['rps'] / live['rps']:.0%})", flush=True)
         print("mixed: sentiment x1 and tabular x1 at c=32 each", flush=True)
         mixed: dict = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 
@@ -55,7 +56,8 @@ def _shape(ceiling: dict) -> str:
     return f"{n} session{'s' if n > 1 else ''} x {t} thread{'s' if t != 1 else ''}"
 
 
-def targets(res: dict) -> list[tuple[str, str, bool]]:
+def targets(res: dict) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met); met is None for figures the issue asks to report only."""
     ceil = res["ceiling_served"]
     text = {r["concurrency"]: r for r in res["closed"] if r["workload"] == "text x1"}
     tab = {r["concurrency"]: r for r in res["closed"] if r["workload"] == "tabular x1"}
@@ -65,6 +67,17 @@ def targets(res: dict) -> list[tuple[str, str, bool]]:
     out.append(("throughput at c=64 >= 90% of the in-process ceiling",
                 f"{ratio:.0%} ({text[64]['inputs_per_s']:.0f} / {ceil['throughput']:.0f})",
                 ratio >= 0.9))
+    instances = res.get("settings", {}).get("instances", 1)
+    per_instance = 64 // max(1, instances)
+    by_batch = {int(k): v for k, v in ceil.get("by_batch", {}).items()}
+    fits = [b for b in by_batch if b <= per_instance]
+    if instances > 1 and fits:
+        b = max(fits)
+        out.append((f"why c=64 stays below the ceiling: with {instances} instances busy, a batch "
+                    f"holds about {per_instance} of the 64 texts; in-process at batch {b} "
+                    "(reported)", f"{by_batch[b]:.0f} inputs/s = "
+                    f"{by_batch[b] / ceil['throughput']:.0%} of the ceiling before any HTTP "
+                    "work, which shares the same cores", None))
     if "ceiling_int8" in res:
         speed = res["ceiling_int8"]["throughput"] / res["ceiling_fp32"]["throughput"]
         shape = _shape(res["ceiling_int8"])
@@ -74,20 +87,30 @@ def targets(res: dict) -> list[tuple[str, str, bool]]:
         single = (res["ceiling_single_int8"]["throughput"]
                   / res["ceiling_single_fp32"]["throughput"])
         out.append((f"int8 / fp32 ceiling with {_shape(res['ceiling_single_int8'])} "
-                    "(reported)", f"{single:.2f}x", True))
+                    "(reported)", f"{single:.2f}x", None))
     out.append(("default served model is int8", f"{res.get('served_variant')} is served",
                 res.get("served_variant") == "int8"))
-    gap = text[1]["p50_ms"] - ceil["single_p50_ms"]
-    out.append(("p50 at c=1 <= in-process single-item latency + 1 ms",
-                f"{text[1]['p50_ms']:.2f} ms vs {ceil['single_p50_ms']:.2f} ms ({gap:+.2f})",
+    single = res.get("single_paired_ms", ceil["single_p50_ms"])
+    gap = text[1]["p50_ms"] - single
+    out.append(("p50 at c=1 <= in-process single-item latency + 1 ms (measured just before)",
+                f"{text[1]['p50_ms']:.2f} ms vs {single:.2f} ms ({gap:+.2f})",
                 gap <= 1.0))
     tail = text[64]["p99_ms"] / text[64]["p50_ms"]
     out.append(("p99 at c=64 <= 2x its p50",
                 f"{text[64]['p99_ms']:.1f} / {text[64]['p50_ms']:.1f} ms = {tail:.2f}x",
                 tail <= 2))
-    tr = tab[64]["rps"] / http[64]["rps"]
-    out.append(("tabular x1 at c=64 >= 70% of the HTTP ceiling",
-                f"{tr:.0%} ({tab[64]['rps']:.0f} / {http[64]['rps']:.0f} req/s)", tr >= 0.7))
+    pairs = res.get("paired_tabular_http")
+    if pairs:  # measured back to back, so the VM's drift between minutes cancels out
+        ratios = sorted(p["tabular_rps"] / p["http_rps"] for p in pairs)
+        tr = statistics.median(ratios)
+        out.append(("tabular x1 at c=64 >= 70% of the HTTP ceiling (median of 3 "
+                    "back-to-back pairs)",
+                    f"{tr:.0%} (pairs: {', '.join(f'{r:.0%}' for r in ratios)})", tr >= 0.7))
+    else:
+        tr = tab[64]["rps"] / http[64]["rps"]
+        out.append(("tabular x1 at c=64 >= 70% of the HTTP ceiling",
+                    f"{tr:.0%} ({tab[64]['rps']:.0f} / {http[64]['rps']:.0f} req/s)",
+                    tr >= 0.7))
     if res.get("naive"):
         naive64 = res["naive"][1]["inputs_per_s"]
         bound = ceil.get("batch64_over_batch1")
@@ -98,7 +121,7 @@ def targets(res: dict) -> list[tuple[str, str, bool]]:
                     "queue pass per input)")
         out.append(("ratio to the naive baseline (max_batch_size=1) at c=64 (reported)",
                     f"{ratio:.2f}x; upper bound, in-process batch-64 / batch-1: "
-                    f"{_f(bound, 2)}x{note}", True))
+                    f"{_f(bound, 2)}x{note}", None))
     over = [r for r in res["open"] if r["fraction"] > 1]
     if over:
         worst = max(r["p99_ms"] for r in over)
@@ -127,7 +150,8 @@ def write(res: dict, out: Path) -> None:
          "client and server share the machine's cores, and their CPU seconds are listed",
          "", "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
     for name, val, ok in targets(res):
-        L.append(f"| {name} | {val} | {'yes' if ok else '**no**'} |")
+        met = "reported" if ok is None else ("yes" if ok else "**no**")
+        L.append(f"| {name} | {val} | {met} |")
     L += ["", "## Ceilings (in-process, same model files, threads and inputs)", "",
           "| model | best inputs/s | at batch | single-item p50 ms | inputs/s by batch |",
           "| --- | --- | --- | --- | --- |"]

@@ -52,6 +52,8 @@ class TextClassificationPipeline(Pipeline):
         self.max_text_chars = max_text_chars
         self.truncate_text = truncate_text
         self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+        # without character offsets (tokenizers >= 0.21): 35 vs 42 us for one tweet
+        self._encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
 
     def preprocess(self, inputs: Sequence[Any]) -> tuple[list[Any], list[int]]:
         self.check_count(inputs)
@@ -70,7 +72,7 @@ class TextClassificationPipeline(Pipeline):
                         {"field": f"inputs[{i}]", "limit": self.max_text_chars})
                 text = text[:self.max_text_chars]
             texts.append(text)
-        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=True)
+        encodings = self._encode(texts, add_special_tokens=True)
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         return ids, [len(x) for x in ids]
 
