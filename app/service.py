@@ -24,7 +24,7 @@ from app.errors import (
 from app.metrics import Metrics, ModelObserver, RequestObserver
 from app.pipelines import Pipeline, build_pipeline
 from app.repository import ModelSource, scan
-from app.runtime.batcher import BatchLimits, BatchQueue
+from app.runtime.batcher import BatchLimits, BatchQueue, Job
 from app.runtime.session import CPU, ModelSession, create_session
 from app.settings import Settings, resolved_instances, resolved_intra_op_threads
 
@@ -37,6 +37,44 @@ WATCH_AFTER_S = 0.25
 
 class ClientGone(Exception):
     """The client disconnected while its request waited."""
+
+
+class _Guard:
+    """Fails a job at its deadline, or when its client leaves.
+
+    Timer callbacks, not tasks raced against the job: a request answered within
+    `WATCH_AFTER_S` never starts the task that listens for its client going away. One timer
+    at a time: first the watch's start, then the deadline.
+    """
+
+    def __init__(self, job: Job, timeout_s: float,
+                 disconnected: Callable[[], Awaitable[Any]] | None) -> None:
+        self._job, self._timeout_s, self._disconnected = job, timeout_s, disconnected
+        self._loop = asyncio.get_running_loop()
+        self._expires = self._loop.time() + timeout_s
+        self._watch: asyncio.Future | None = None
+        if disconnected is not None and timeout_s > WATCH_AFTER_S:
+            self._timer = self._loop.call_later(WATCH_AFTER_S, self._start_watch)
+        else:
+            self._timer = self._loop.call_later(timeout_s, self._expire)
+
+    def _expire(self) -> None:
+        self._job.fail(DeadlineExceeded(f"no answer within {self._timeout_s:.3g} s; the "
+                                        "request was dropped from the queue"))
+
+    def _start_watch(self) -> None:
+        self._watch = asyncio.ensure_future(self._disconnected())
+        self._watch.add_done_callback(self._client_left)
+        self._timer = self._loop.call_at(self._expires, self._expire)
+
+    def _client_left(self, task: asyncio.Future) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self._job.fail(ClientGone())
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
 
 
 @dataclass
@@ -95,12 +133,7 @@ class ModelService:
 
     async def predict(self, inputs: Sequence[Any], timeout_s: float,
                       disconnected: Callable[[], Awaitable[Any]] | None = None) -> PredictResult:
-        """Run inputs through the model; the caller maps errors to HTTP.
-
-        The deadline and the disconnect watch are timer callbacks that fail the job, not
-        tasks raced against it: a request answered within `WATCH_AFTER_S` never starts the
-        task that listens for its client going away.
-        """
+        """Run inputs through the model; the caller maps errors to HTTP."""
         t0 = time.perf_counter()
         outcome = "server_error"
         try:
@@ -109,30 +142,7 @@ class ModelService:
                                     + (f": {self.error}" if self.error else ""))
             payloads, costs = self.pipeline.preprocess(inputs)
             job = self.queue.submit(payloads, costs)
-            loop = asyncio.get_running_loop()
-            expires = loop.time() + timeout_s
-            watch: list[asyncio.Future] = []
-
-            def expire() -> None:
-                job.fail(DeadlineExceeded(f"no answer within {timeout_s:.3g} s; the request "
-                                          "was dropped from the queue"))
-
-            def client_left(task: asyncio.Future) -> None:
-                if not task.cancelled() and task.exception() is None:
-                    job.fail(ClientGone())
-
-            def start_watch() -> None:
-                nonlocal timer
-                task = asyncio.ensure_future(disconnected())
-                task.add_done_callback(client_left)
-                watch.append(task)
-                timer = loop.call_at(expires, expire)
-
-            # One timer at a time: first the watch's start, then the deadline.
-            if disconnected is not None and timeout_s > WATCH_AFTER_S:
-                timer = loop.call_later(WATCH_AFTER_S, start_watch)
-            else:
-                timer = loop.call_later(timeout_s, expire)
+            guard = _Guard(job, timeout_s, disconnected)
             try:
                 outputs = await job.future
             except ClientGone:
@@ -148,9 +158,7 @@ class ModelService:
                 raise InferenceFailed(f"model {self.name} failed on this batch: "
                                       f"{type(exc).__name__}: {exc}") from exc
             finally:
-                timer.cancel()
-                for task in watch:
-                    task.cancel()
+                guard.cancel()
             predictions = self.pipeline.postprocess(outputs)
             outcome = "success"
             queue_s = (job.started_at or job.enqueued_at) - job.enqueued_at
