@@ -276,7 +276,10 @@ class ModelRegistry:
         try:
             if s.warmup:
                 for payloads in pipeline.warmup_payloads():
+                    t_run = time.perf_counter()
                     await asyncio.to_thread(run, payloads[:svc.limits.max_batch_size])
+                    # the batcher starts from the warm model's run time, not a guess
+                    svc.queue.observe_run_time(time.perf_counter() - t_run)
         except Exception as exc:  # noqa: BLE001
             self._fail(svc, f"warm-up failed: {type(exc).__name__}: {exc}")
             return

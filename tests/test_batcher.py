@@ -182,6 +182,23 @@ async def test_instances_run_batches_at_the_same_time():
     await q.close()
 
 
+async def test_a_model_measured_tiny_runs_on_the_event_loop_thread():
+    threads = []
+
+    def model(payloads):
+        threads.append(threading.current_thread())
+        return payloads
+
+    slow, tiny = make(model), make(model)
+    tiny.observe_run_time(0.00001)  # what a warm-up run of a tiny model reports
+    await slow.submit([1], [1]).future
+    await tiny.submit([1], [1]).future
+    assert threads[0] is not threading.main_thread()  # unknown cost: a worker thread
+    assert threads[1] is threading.main_thread()
+    await slow.close()
+    await tiny.close()
+
+
 def _blocking_model(calls: list, release: threading.Event):
     def model(payloads):
         calls.append(list(payloads))

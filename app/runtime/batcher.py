@@ -115,6 +115,7 @@ class BatchQueue:
         self._idle.set()
         self.batches_run = 0
         self._recent_run_s = 1.0  # moving average of batch run time; starts off the loop
+        self._run_times_seen = 0
 
     # -- producer side -------------------------------------------------------------------
     def depth(self) -> int:
@@ -256,7 +257,7 @@ class BatchQueue:
                     job.future.set_exception(result)
             return
         outputs, seconds = result
-        self._recent_run_s = 0.8 * self._recent_run_s + 0.2 * seconds
+        self.observe_run_time(seconds)
         padded = max(job.costs[i] for job, i in batch) * len(batch)
         self._observer.batch_done(len(batch), padded, seconds)
         for job in dict.fromkeys(job for job, _ in batch):
@@ -274,6 +275,16 @@ class BatchQueue:
             self._drop_dead_head()
             if self._queue and self._running < self.instances and not self._patience_left():
                 self._launch_next()
+
+    def observe_run_time(self, seconds: float) -> None:
+        """Fold one batch's run time into the moving average that decides whether batches
+        run inline and how long a free instance may wait for company (the first one,
+        usually a warm-up run, replaces the initial guess)."""
+        if self._run_times_seen == 0:
+            self._recent_run_s = seconds
+        else:
+            self._recent_run_s = 0.8 * self._recent_run_s + 0.2 * seconds
+        self._run_times_seen += 1
 
     def _timed_run(self, payloads: list[Any]) -> tuple[Sequence[Any], float]:
         """Run a batch; also return its run time, measured where it ran.
