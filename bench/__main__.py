@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+
 from app.settings import Settings, resolved_instances, resolved_intra_op_threads
 from bench import ceilings, load, report
 from bench.server import Service
@@ -102,6 +104,8 @@ def run(a: argparse.Namespace) -> int:
     tab64 = rows_workload("breast-cancer", 64)
     svc = Service(models, url=a.url)
     try:
+        results["provider"] = httpx.get(f"{svc.url}/models/sentiment").json()["provider"]
+        print(f"sentiment runs on {results['provider']}", flush=True)
         print("HTTP ceiling: GET /health/live", flush=True)
         results["http"] = []
         for c in levels:

@@ -13,13 +13,15 @@ import numpy as np
 from app.manifest import Manifest
 from app.pipelines import build_pipeline
 from app.runtime.session import create_session
+from app.settings import Settings
 
 
 def load(folder: Path, model_file: str | None = None, threads: int = 0):
     manifest = Manifest.model_validate_json((folder / "model.json").read_text())
     pipeline = build_pipeline(manifest, folder, max_inputs=10_000, max_rows=10_000)
-    session = create_session(folder / (model_file or manifest.model_file), "cpu", False,
-                             intra_op_threads=threads)
+    # the service's device setting (ORTSERVE_DEVICE), so that a GPU run compares GPU to GPU
+    session = create_session(folder / (model_file or manifest.model_file), Settings().device,
+                             False, intra_op_threads=threads)
     names = set(session.input_names)
 
     def session_run(feeds: dict):
