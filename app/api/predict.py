@@ -128,15 +128,22 @@ async def _predict(request: Request, name: str | None, version: int | None,
                    "inference_ms": round(result.inference_ms, 3)}})
 
 
+async def _serve(request: Request, body_type: type[PredictRequest | ModelPredictRequest],
+                 name: str | None = None) -> Response:
+    """Both predict routes: read the body, then predict with the path's or the body's model."""
+    try:
+        body = await _parse(request, body_type)
+    except _BodyLost:
+        return Response(status_code=CLIENT_CLOSED_STATUS)
+    return await _predict(request, name or getattr(body, "model", None), body.version,
+                          body.inputs)
+
+
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS,
              summary="Predict with the named (or default) model",
              openapi_extra=_openapi(PredictRequest))
 async def predict(request: Request):
-    try:
-        body = await _parse(request, PredictRequest)
-    except _BodyLost:
-        return Response(status_code=CLIENT_CLOSED_STATUS)
-    return await _predict(request, body.model, body.version, body.inputs)
+    return await _serve(request, PredictRequest)
 
 
 @router.post("/models/{name}/predict", response_model=PredictResponse, responses=ERRORS,
@@ -149,8 +156,4 @@ async def predict_model(request: Request):
             "type": "string_pattern_mismatch", "loc": ("path", "name"), "input": name,
             "msg": f"must match {NAME_PATTERN.pattern} and be at most {MAX_NAME_LENGTH} "
                    "characters"}])
-    try:
-        body = await _parse(request, ModelPredictRequest)
-    except _BodyLost:
-        return Response(status_code=CLIENT_CLOSED_STATUS)
-    return await _predict(request, name, body.version, body.inputs)
+    return await _serve(request, ModelPredictRequest, name)

@@ -115,7 +115,7 @@ class BatchQueue:
         self._idle.set()
         self.batches_run = 0
         self._recent_run_s = 1.0  # moving average of batch run time; starts off the loop
-        self._run_times_seen = 0
+        self._run_time_measured = False
 
     # -- producer side -------------------------------------------------------------------
     def depth(self) -> int:
@@ -175,8 +175,7 @@ class BatchQueue:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            self._drop_dead_head()
-            if not self._queue or self._running >= self.instances:
+            if not self._has_work_and_instance():
                 if not self._queue and not self._running:
                     self._observer.queue_depth(0)
                     self._idle.set()
@@ -194,6 +193,10 @@ class BatchQueue:
                     timer.cancel()
                     continue
             self._launch_next()
+
+    def _has_work_and_instance(self) -> bool:
+        self._drop_dead_head()
+        return bool(self._queue) and self._running < self.instances
 
     def _patience_left(self) -> float:
         """Seconds a free instance should still wait before taking what is queued; 0 = go.
@@ -270,21 +273,19 @@ class BatchQueue:
             if job.remaining == 0:
                 job.future.set_result(job.results)
         if (self.limits.max_delay_ms <= 0 and self._recent_run_s >= INLINE_RUN_S
-                and self._worker is not None and not self._worker.done()):
+                and self._worker is not None and not self._worker.done()
+                and self._has_work_and_instance() and not self._patience_left()):
             # What queued up while this batch ran goes at once, not a loop iteration later.
-            self._drop_dead_head()
-            if self._queue and self._running < self.instances and not self._patience_left():
-                self._launch_next()
+            self._launch_next()
 
     def observe_run_time(self, seconds: float) -> None:
         """Fold one batch's run time into the moving average that decides whether batches
         run inline and how long a free instance may wait for company (the first one,
         usually a warm-up run, replaces the initial guess)."""
-        if self._run_times_seen == 0:
-            self._recent_run_s = seconds
-        else:
+        if self._run_time_measured:
             self._recent_run_s = 0.8 * self._recent_run_s + 0.2 * seconds
-        self._run_times_seen += 1
+        else:
+            self._recent_run_s, self._run_time_measured = seconds, True
 
     def _timed_run(self, payloads: list[Any]) -> tuple[Sequence[Any], float]:
         """Run a batch; also return its run time, measured where it ran.
