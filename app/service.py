@@ -30,8 +30,10 @@ from app.settings import Settings, resolved_instances, resolved_intra_op_threads
 
 log = logging.getLogger("ortserve.models")
 
-# A request still waiting after this long starts listening for its client going away; one
-# answered sooner never pays for the listener.
+# For a model whose batches run inline (tiny ones), a request still waiting after this long
+# starts listening for its client going away; one answered sooner never pays for the
+# listener. Requests to models that run in threads listen from the start, so that a client
+# who leaves while queued is dropped before its input runs.
 WATCH_AFTER_S = 0.25
 
 
@@ -43,20 +45,23 @@ class _Guard:
     """Fails a job at its deadline, or when its client leaves.
 
     Timer callbacks, not tasks raced against the job: a request answered within
-    `WATCH_AFTER_S` never starts the task that listens for its client going away. One timer
-    at a time: first the watch's start, then the deadline.
+    `watch_after` seconds never starts the task that listens for its client going away.
+    One timer at a time: first the watch's start, then the deadline.
     """
 
     def __init__(self, job: Job, timeout_s: float,
-                 disconnected: Callable[[], Awaitable[Any]] | None) -> None:
+                 disconnected: Callable[[], Awaitable[Any]] | None,
+                 watch_after: float) -> None:
         self._job, self._timeout_s, self._disconnected = job, timeout_s, disconnected
         self._loop = asyncio.get_running_loop()
         self._expires = self._loop.time() + timeout_s
         self._watch: asyncio.Future | None = None
-        if disconnected is not None and timeout_s > WATCH_AFTER_S:
-            self._timer = self._loop.call_later(WATCH_AFTER_S, self._start_watch)
-        else:
+        if disconnected is None or timeout_s <= watch_after:
             self._timer = self._loop.call_later(timeout_s, self._expire)
+        elif watch_after > 0:
+            self._timer = self._loop.call_later(watch_after, self._start_watch)
+        else:
+            self._start_watch()
 
     def _expire(self) -> None:
         self._job.fail(DeadlineExceeded(f"no answer within {self._timeout_s:.3g} s; the "
@@ -142,7 +147,8 @@ class ModelService:
                                     + (f": {self.error}" if self.error else ""))
             payloads, costs = self.pipeline.preprocess(inputs)
             job = self.queue.submit(payloads, costs)
-            guard = _Guard(job, timeout_s, disconnected)
+            guard = _Guard(job, timeout_s, disconnected,
+                           WATCH_AFTER_S if self.queue.runs_inline else 0.0)
             try:
                 outputs = await job.future
             except ClientGone:

@@ -194,6 +194,11 @@ class BatchQueue:
                     continue
             self._launch_next()
 
+    @property
+    def runs_inline(self) -> bool:
+        """Batches of this model take so little time that they run on the event loop."""
+        return self._recent_run_s < INLINE_RUN_S
+
     def _has_work_and_instance(self) -> bool:
         self._drop_dead_head()
         return bool(self._queue) and self._running < self.instances
@@ -233,7 +238,7 @@ class BatchQueue:
         payloads = [job.payloads[i] for job, i in batch]
         self._running += 1
         self._running_items += len(batch)
-        if self._recent_run_s < INLINE_RUN_S:
+        if self.runs_inline:
             try:
                 result = self._timed_run(payloads)
             except Exception as exc:  # noqa: BLE001 - fail this batch's jobs only
@@ -272,7 +277,7 @@ class BatchQueue:
             job.remaining -= 1
             if job.remaining == 0:
                 job.future.set_result(job.results)
-        if (self.limits.max_delay_ms <= 0 and self._recent_run_s >= INLINE_RUN_S
+        if (self.limits.max_delay_ms <= 0 and not self.runs_inline
                 and self._worker is not None and not self._worker.done()
                 and self._has_work_and_instance() and not self._patience_left()):
             # What queued up while this batch ran goes at once, not a loop iteration later.
