@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from app.runtime.session import CPU, requested_providers
 from app.settings import Settings, resolved_instances, resolved_intra_op_threads
 from bench import ceilings, load, report
 from bench.server import Service
@@ -87,6 +88,12 @@ def run(a: argparse.Namespace) -> int:
             # for reference: one session with a thread per core (ORTSERVE_INSTANCES=1)
             results[f"ceiling_single_{name}"] = ceilings.model_ceiling(
                 sent_dir, texts, file, cores, seconds=a.ceiling_seconds)
+    if "int8" in variants and requested_providers(served_settings.device, False)[0] == CPU:
+        # what the int8 graph gives with every ONNX Runtime fusion on (the server turns
+        # SkipLayerNormFusion off on CPU; see app.runtime.session)
+        results["ceiling_int8_all_fusions"] = ceilings.model_ceiling(
+            sent_dir, texts, variants["int8"], threads, batch_sizes=(32, 128),
+            parallel=instances, seconds=a.ceiling_seconds, disabled_optimizers=())
     served = next(k for k, f in variants.items() if f == manifest["model_file"])
     results["served_variant"] = served
     results["ceiling_served"] = results[f"ceiling_{served}"]

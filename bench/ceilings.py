@@ -16,12 +16,14 @@ from app.runtime.session import create_session
 from app.settings import Settings
 
 
-def load(folder: Path, model_file: str | None = None, threads: int = 0):
+def load(folder: Path, model_file: str | None = None, threads: int = 0,
+         disabled_optimizers: tuple[str, ...] | None = None):
     manifest = Manifest.model_validate_json((folder / "model.json").read_text())
     pipeline = build_pipeline(manifest, folder, max_inputs=10_000, max_rows=10_000)
     # the service's device setting (ORTSERVE_DEVICE), so that a GPU run compares GPU to GPU
     session = create_session(folder / (model_file or manifest.model_file), Settings().device,
-                             False, intra_op_threads=threads)
+                             False, intra_op_threads=threads,
+                             disabled_optimizers=disabled_optimizers)
     names = set(session.input_names)
 
     def session_run(feeds: dict):
@@ -36,13 +38,15 @@ def load(folder: Path, model_file: str | None = None, threads: int = 0):
 
 def model_ceiling(folder: Path, inputs: list, model_file: str | None = None, threads: int = 0,
                   batch_sizes=(1, 8, 16, 32, 64, 128), seconds: float = 3.0,
-                  parallel: int = 1) -> dict:
+                  parallel: int = 1, disabled_optimizers: tuple[str, ...] | None = None) -> dict:
     """Best inputs/s over batch sizes, and single-item latency (p50 over repeated runs).
 
     `parallel` sessions run side by side in threads (ONNX Runtime releases the GIL), the
     in-process counterpart of that many worker processes with `threads` threads each.
+    `disabled_optimizers` None: the server's choice (see app.runtime.session).
     """
-    predictors = [load(folder, model_file, threads) for _ in range(parallel)]
+    predictors = [load(folder, model_file, threads, disabled_optimizers)
+                  for _ in range(parallel)]
     predict = predictors[0]
     for p in predictors:
         for _ in range(3):

@@ -42,12 +42,11 @@ def export_onnx(module: torch.nn.Module, example: dict[str, torch.Tensor], path:
 
 
 def ort_session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    """A CPU session built the way the server builds one, so that the test metrics written
+    to the manifest are those of the graph ONNX Runtime serves."""
+    from app.runtime.session import create_session
+
+    return create_session(path, "cpu", strict=False, intra_op_threads=threads).session
 
 
 def check_parity(module: torch.nn.Module, path: Path,
