@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,9 @@ import numpy as np
 from app.errors import InvalidInput
 from app.manifest import Manifest
 from app.pipelines.base import Pipeline
+
+F32_MAX = float(np.finfo(np.float32).max)
+_FLOAT_ONLY = {float}
 
 
 class _RowsPipeline(Pipeline):
@@ -41,10 +45,16 @@ class _RowsPipeline(Pipeline):
             raise InvalidInput(f"inputs[{i}]: expected a list of {n} numbers or an object "
                                f"keyed by feature name, got {type(row).__name__}",
                                {"field": f"inputs[{i}]"})
-        if not all(type(v) is float for v in values):  # the request schema makes floats
-            for j, v in enumerate(values):
-                if isinstance(v, bool) or not isinstance(v, int | float):
-                    self._reject(i, j, v)
+        if set(map(type, values)) == _FLOAT_ONLY:  # what the request schema makes
+            # NaN and infinities make the sum non-finite; finite doubles past float32 range
+            # would become infinities in the model's input
+            if (math.isfinite(sum(values)) and max(values) <= F32_MAX
+                    and min(values) >= -F32_MAX):
+                return values
+        for j, v in enumerate(values):
+            if (isinstance(v, bool) or not isinstance(v, int | float)
+                    or not -F32_MAX <= v <= F32_MAX):
+                self._reject(i, j, v)
         return values
 
     def _reject(self, i: int, j: int, value: Any) -> None:
@@ -54,18 +64,13 @@ class _RowsPipeline(Pipeline):
                            {"field": f"inputs[{i}][{j}]", "feature": name})
 
     def preprocess(self, inputs: Sequence[Any]) -> tuple[list[Any], list[int]]:
+        """Validate each row; the payloads stay Python lists, converted once per batch."""
         self.check_count(inputs)
         values = [self._values(i, r) for i, r in enumerate(inputs)]
-        with np.errstate(over="ignore", invalid="ignore"):
-            matrix = np.array(values, dtype=np.float32)
-        finite = np.isfinite(matrix)
-        if not finite.all():  # NaN, infinities, or finite doubles out of float32 range
-            i, j = (int(k) for k in np.argwhere(~finite)[0])
-            self._reject(i, j, values[i][j])
-        return list(matrix), [1] * len(values)
+        return values, [1] * len(values)
 
     def collate(self, payloads: list[Any]) -> dict[str, np.ndarray]:
-        return {"features": np.stack(payloads)}
+        return {"features": np.array(payloads, dtype=np.float32)}
 
     def warmup_payloads(self) -> list[list[Any]]:
         row = np.zeros(len(self.features), dtype=np.float32)

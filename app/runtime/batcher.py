@@ -35,7 +35,7 @@ class _NullObserver:
         pass
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Job:
     """One request's inputs; its future resolves to the outputs in input order."""
 
@@ -129,7 +129,10 @@ class BatchQueue:
             raise QueueFull(f"queue full ({len(self._queue)} of {self.limits.max_queue_size} "
                             "inputs waiting); retry shortly", headers={"Retry-After": "1"})
         job = Job(payloads, costs, asyncio.get_running_loop().create_future())
-        self._queue.extend((job, i) for i in range(n))
+        if n == 1:
+            self._queue.append((job, 0))
+        else:
+            self._queue.extend((job, i) for i in range(n))
         self._idle.clear()
         self._observer.queue_depth(len(self._queue))
         self._wakeup.set()
