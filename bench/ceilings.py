@@ -38,12 +38,14 @@ def load(folder: Path, model_file: str | None = None, threads: int = 0,
 
 def model_ceiling(folder: Path, inputs: list, model_file: str | None = None, threads: int = 0,
                   batch_sizes=(1, 8, 16, 32, 64, 128), seconds: float = 3.0,
-                  parallel: int = 1, disabled_optimizers: tuple[str, ...] | None = None) -> dict:
+                  parallel: int = 1, disabled_optimizers: tuple[str, ...] | None = None,
+                  single: bool = True) -> dict:
     """Best inputs/s over batch sizes, and single-item latency (p50 over repeated runs).
 
     `parallel` sessions run side by side in threads (ONNX Runtime releases the GIL), the
     in-process counterpart of that many worker processes with `threads` threads each.
-    `disabled_optimizers` None: the server's choice (see app.runtime.session).
+    `disabled_optimizers` None: the server's choice (see app.runtime.session). `single`
+    False skips the single-item latency loop.
     """
     predictors = [load(folder, model_file, threads, disabled_optimizers)
                   for _ in range(parallel)]
@@ -70,7 +72,7 @@ def model_ceiling(folder: Path, inputs: list, model_file: str | None = None, thr
             w.join()
         by_batch[b] = sum(counts) / (time.perf_counter() - t0)
     lat = []
-    t_end = time.perf_counter() + seconds
+    t_end = time.perf_counter() + (seconds if single else 0)
     i = 0
     while time.perf_counter() < t_end:
         t = time.perf_counter()
@@ -81,5 +83,5 @@ def model_ceiling(folder: Path, inputs: list, model_file: str | None = None, thr
     return {"throughput": by_batch[best], "best_batch": best, "parallel": parallel,
             "threads": threads,
             "by_batch": {str(k): round(v, 1) for k, v in by_batch.items()},
-            "single_p50_ms": statistics.median(lat) * 1000,
+            "single_p50_ms": statistics.median(lat) * 1000 if lat else None,
             "batch64_over_batch1": by_batch.get(64, 0) / by_batch[1] if 1 in by_batch else None}

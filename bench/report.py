@@ -56,6 +56,10 @@ def _shape(ceiling: dict) -> str:
     return f"{n} session{'s' if n > 1 else ''} x {t} thread{'s' if t != 1 else ''}"
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def targets(res: dict) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met); met is None for figures the issue asks to report only."""
     ceil = res["ceiling_served"]
@@ -64,9 +68,19 @@ def targets(res: dict) -> list[tuple[str, str, bool | None]]:
     http = {r["concurrency"]: r for r in res["http"]}
     out = []
     ratio = text[64]["inputs_per_s"] / ceil["throughput"]
-    out.append(("throughput at c=64 >= 90% of the in-process ceiling",
-                f"{ratio:.0%} ({text[64]['inputs_per_s']:.0f} / {ceil['throughput']:.0f})",
-                ratio >= 0.9))
+    pairs = res.get("paired_text_c64")
+    if pairs:  # ceiling and service measured back to back: the VM's drift cancels out
+        ratios = sorted(p["served"] / p["ceiling"] for p in pairs)
+        mid = statistics.median(ratios)
+        out.append(("throughput at c=64 >= 90% of the in-process ceiling (median of 3 "
+                    "back-to-back pairs: ceiling, then the service)",
+                    f"{mid:.0%} (pairs: {', '.join(f'{r:.0%}' for r in ratios)}; the closed-loop "
+                    f"table's c=64 row against the ceiling measured at the start: {ratio:.0%})",
+                    mid >= 0.9))
+    else:
+        out.append(("throughput at c=64 >= 90% of the in-process ceiling",
+                    f"{ratio:.0%} ({text[64]['inputs_per_s']:.0f} / {ceil['throughput']:.0f})",
+                    ratio >= 0.9))
     instances = res.get("settings", {}).get("instances", 1)
     per_instance = 64 // max(1, instances)
     by_batch = {int(k): v for k, v in ceil.get("by_batch", {}).items()}
@@ -178,7 +192,7 @@ def write(res: dict, out: Path) -> None:
         c = res[key]
         shape = _shape(c)
         L.append(f"| {label} | {shape} | {c['throughput']:.0f} | {c['best_batch']} | "
-                 f"{c['single_p50_ms']:.2f} | {c['by_batch']} |")
+                 f"{_ms(c['single_p50_ms'])} | {c['by_batch']} |")
     L += ["", "## Closed loop", "",
           "| workload | clients | inputs/s | ratio to ceiling | p50 ms | p95 ms | p99 ms | "
           "errors | mean batch | server CPU s | client CPU s | server RSS MB |",
