@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import threading
 import time
@@ -55,6 +56,36 @@ def closed(svc: Service, wl, conc: int, seconds: float) -> dict:
           f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  "
           f"batch {r['mean_batch'] or 0:.1f}", flush=True)
     return r
+
+
+def pairs_with_http(svc: Service, wl, conc: int, seconds: float, rounds: int) -> list[dict]:
+    """`rounds` x (GET /health/live, then the workload), each at `conc` clients: back to
+    back, so that the VM's drift between minutes cancels out of each ratio."""
+    out = []
+    for _ in range(rounds):
+        live = load.closed_loop(svc.url, "/health/live", None, conc, seconds, method="GET")
+        served = load.closed_loop(svc.url, wl.path, wl.bodies, conc, seconds)
+        out.append({"http_rps": live["rps"], "tabular_rps": served["rps"]})
+        print(f"  {live['rps']:9.1f} vs {served['rps']:9.1f} req/s "
+              f"({served['rps'] / live['rps']:.0%})", flush=True)
+    return out
+
+
+def pairs_with_ceiling(svc: Service, wl, conc: int, seconds: float, rounds: int,
+                       folder: Path, model_file: str, batch: int, instances: int,
+                       threads: int, ceiling_seconds: float) -> list[dict]:
+    """`rounds` x (in-process ceiling at `batch`, then the workload at `conc` clients)."""
+    out = []
+    for _ in range(rounds):
+        ceil = ceilings.model_ceiling(folder, heldout_texts(), model_file, threads,
+                                      batch_sizes=(batch,), seconds=ceiling_seconds,
+                                      parallel=instances, single=False)
+        served = load.closed_loop(svc.url, wl.path, wl.bodies, conc, seconds)
+        rate = served["ok_rps"] * wl.inputs_per_request
+        out.append({"ceiling": ceil["throughput"], "served": rate})
+        print(f"  {ceil['throughput']:9.1f} vs {rate:9.1f} inputs/s "
+              f"({rate / ceil['throughput']:.0%})", flush=True)
+    return out
 
 
 def run(a: argparse.Namespace) -> int:
@@ -136,26 +167,11 @@ def run(a: argparse.Namespace) -> int:
                     results["single_paired_ms"] = single["single_p50_ms"]
                 results["closed"].append(closed(svc, wl, c, secs))
         print("paired: GET /health/live then tabular x1, c=64, three rounds", flush=True)
-        results["paired_tabular_http"] = []
-        for _ in range(3):
-            live = load.closed_loop(svc.url, "/health/live", None, 64, secs / 2, method="GET")
-            tab = load.closed_loop(svc.url, tab1.path, tab1.bodies, 64, secs / 2)
-            results["paired_tabular_http"].append({"http_rps": live["rps"],
-                                                   "tabular_rps": tab["rps"]})
-            print(f"  {live['rps']:9.1f} vs {tab['rps']:9.1f} req/s "
-                  f"({tab['rps'] / live['rps']:.0%})", flush=True)
+        results["paired_tabular_http"] = pairs_with_http(svc, tab1, 64, secs / 2, 3)
         print("paired: in-process ceiling then text x1 at c=64, three rounds", flush=True)
-        results["paired_text_c64"] = []
-        best = results["ceiling_served"]["best_batch"]
-        for _ in range(3):
-            ceil = ceilings.model_ceiling(sent_dir, texts, manifest["model_file"], threads,
-                                          batch_sizes=(best,), seconds=a.ceiling_seconds,
-                                          parallel=instances, single=False)
-            served = load.closed_loop(svc.url, text1.path, text1.bodies, 64, secs / 2)
-            results["paired_text_c64"].append({"ceiling": ceil["throughput"],
-                                               "served": served["ok_rps"]})
-            print(f"  {ceil['throughput']:9.1f} vs {served['ok_rps']:9.1f} inputs/s "
-                  f"({served['ok_rps'] / ceil['throughput']:.0%})", flush=True)
+        results["paired_text_c64"] = pairs_with_ceiling(
+            svc, text1, 64, secs / 2, 3, sent_dir, manifest["model_file"],
+            results["ceiling_served"]["best_batch"], instances, threads, a.ceiling_seconds)
         print("mixed: sentiment x1 and tabular x1 at c=32 each", flush=True)
         mixed: dict = {}
 
@@ -225,7 +241,25 @@ def probe(a: argparse.Namespace) -> int:
     try:
         print(f"{a.workload} workers={a.workers} env={env}")
         for c in a.concurrency:
-            closed(svc, wl, c, a.seconds)
+            if not a.pairs:
+                closed(svc, wl, c, a.seconds)
+                continue
+            if wl.model != "sentiment":
+                print(f"  c={c}: GET /health/live, then {wl.name}; {a.pairs} rounds")
+                found = pairs_with_http(svc, wl, c, a.seconds, a.pairs)
+                ratios = [p["tabular_rps"] / p["http_rps"] for p in found]
+            else:
+                os.environ.update(env)  # the ceiling in the shape these settings serve
+                settings = Settings()
+                folder = latest(Path(a.models), "sentiment")
+                file = json.loads((folder / "model.json").read_text())["model_file"]
+                print(f"  c={c}: in-process ceiling at batch 128, then {wl.name}; "
+                      f"{a.pairs} rounds")
+                found = pairs_with_ceiling(svc, wl, c, a.seconds, a.pairs, folder, file, 128,
+                                           resolved_instances(settings),
+                                           resolved_intra_op_threads(settings), 3.0)
+                ratios = [p["served"] / p["ceiling"] for p in found]
+            print(f"  median {statistics.median(ratios):.0%}", flush=True)
     finally:
         svc.stop()
     return 0
@@ -263,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--seconds", type=float, default=8.0)
     pr.add_argument("--workers", type=int, help="default: the server's default")
     pr.add_argument("--env", nargs="*", default=[], help="ORTSERVE_X=value settings")
+    pr.add_argument("--pairs", type=int, default=0,
+                    help="N back-to-back pairs per level against a reference measured in the "
+                         "same minute: GET /health/live for tabular workloads, the in-process "
+                         "ceiling (batch 128) for text ones")
     pr.set_defaults(func=probe)
     w = sub.add_parser("report", help="rewrite the report from the last run's results")
     w.add_argument("--out", default="docs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ class Workload:
     model: str
 
 
+@functools.cache
 def heldout_texts(seed: int = 42) -> list[str]:
     from training import data
 
@@ -27,6 +29,7 @@ def heldout_texts(seed: int = 42) -> list[str]:
     return [tweets.texts[i] for i in splits.test]
 
 
+@functools.cache
 def heldout_rows(seed: int = 42) -> list[list[float]]:
     from training import data
 
