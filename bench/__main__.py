@@ -15,7 +15,12 @@ from pathlib import Path
 import httpx
 
 from app.runtime.session import CPU, requested_providers
-from app.settings import Settings, resolved_instances, resolved_intra_op_threads
+from app.settings import (
+    Settings,
+    resolved_instances,
+    resolved_intra_op_threads,
+    resolved_workers,
+)
 from bench import ceilings, load, report
 from bench.server import Service
 from bench.workloads import heldout_rows, heldout_texts, rows_workload, text_workload
@@ -249,14 +254,19 @@ def probe(a: argparse.Namespace) -> int:
                 found = pairs_with_http(svc, wl, c, a.seconds, a.pairs)
                 ratios = [p["tabular_rps"] / p["http_rps"] for p in found]
             else:
-                os.environ.update(env)  # the ceiling in the shape these settings serve
+                # the ceiling in the shape these settings serve: workers x instances
+                # sessions, each with the threads a batch run gets
+                os.environ.update(env)
+                if a.workers is not None:
+                    os.environ["ORTSERVE_WORKERS"] = str(a.workers)
                 settings = Settings()
                 folder = latest(Path(a.models), "sentiment")
                 file = json.loads((folder / "model.json").read_text())["model_file"]
                 print(f"  c={c}: in-process ceiling at batch 128, then {wl.name}; "
                       f"{a.pairs} rounds")
                 found = pairs_with_ceiling(svc, wl, c, a.seconds, a.pairs, folder, file, 128,
-                                           resolved_instances(settings),
+                                           resolved_workers(settings)
+                                           * resolved_instances(settings),
                                            resolved_intra_op_threads(settings), 3.0)
                 ratios = [p["served"] / p["ceiling"] for p in found]
             print(f"  median {statistics.median(ratios):.0%}", flush=True)
