@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from app.errors import (
@@ -100,7 +100,6 @@ class ModelService:
     limits: BatchLimits | None = None
     load_seconds: float | None = None
     observer: RequestObserver | None = None
-    _labels: tuple[str, str] = field(default=("", ""))
 
     @property
     def name(self) -> str:
@@ -109,6 +108,11 @@ class ModelService:
     @property
     def version(self) -> int | None:
         return self.source.version
+
+    @property
+    def metric_labels(self) -> tuple[str, str]:
+        """(model, version) as the Prometheus metrics label them."""
+        return self.name, str(self.version)
 
     @property
     def ready(self) -> bool:
@@ -235,11 +239,10 @@ class ModelRegistry:
         sources = await asyncio.to_thread(scan, s.models_dir, s.models or None,
                                           s.model_versions, s.model_variant)
         for src in sources:
-            labels = (src.name, str(src.version))
-            svc = ModelService(src, observer=RequestObserver(self.metrics, *labels),
-                               _labels=labels)
+            svc = ModelService(src)
+            svc.observer = RequestObserver(self.metrics, *svc.metric_labels)
             self.models[src.name] = svc
-            self.metrics.ready.labels(*svc._labels).set(0)
+            self.metrics.ready.labels(*svc.metric_labels).set(0)
         for svc in self.models.values():
             await self.load(svc)
 
@@ -276,16 +279,13 @@ class ModelRegistry:
         def run(payloads: list[Any]):
             return pipeline.run_batch(session_run, payloads)
 
-        svc.queue = BatchQueue(run, svc.limits, ModelObserver(self.metrics, *svc._labels),
-                               name=svc.name,
+        svc.queue = BatchQueue(run, svc.limits,
+                               ModelObserver(self.metrics, *svc.metric_labels), name=svc.name,
                                instances=resolved_instances(s, session.provider != CPU))
         try:
             if s.warmup:
                 for payloads in pipeline.warmup_payloads():
-                    t_run = time.perf_counter()
-                    await asyncio.to_thread(run, payloads[:svc.limits.max_batch_size])
-                    # the batcher starts from the warm model's run time, not a guess
-                    svc.queue.observe_run_time(time.perf_counter() - t_run)
+                    await svc.queue.warm_up(payloads[:svc.limits.max_batch_size])
         except Exception as exc:  # noqa: BLE001
             self._fail(svc, f"warm-up failed: {type(exc).__name__}: {exc}")
             return
@@ -293,9 +293,9 @@ class ModelRegistry:
         svc.load_seconds = round(time.perf_counter() - t0, 3)
         svc.status = "ready"
         m = src.manifest
-        self.metrics.ready.labels(*svc._labels).set(1)
-        self.metrics.info.labels(*svc._labels, m.kind, src.variant or "", session.provider,
-                                 session.requested[0],
+        self.metrics.ready.labels(*svc.metric_labels).set(1)
+        self.metrics.info.labels(*svc.metric_labels, m.kind, src.variant or "",
+                                 session.provider, session.requested[0],
                                  m.artifacts[src.model_file].sha256).set(1)
         log.info("model %s version %s ready on %s in %.2f s", svc.name, svc.version,
                  session.provider, svc.load_seconds)

@@ -45,7 +45,6 @@ def export_rows_model(module: torch.nn.Module, X_ref: np.ndarray, path: Path,
     return check_parity(module, path, sets)
 
 
-
 def publish_rows_model(output: Path, name: str, kind: str, module: torch.nn.Module, table,
                        splits, seed: int, profile: str, hyperparameters: dict, t0: float,
                        outputs: dict, evaluate_outputs, export=export_rows_model,

@@ -295,6 +295,13 @@ class BatchQueue:
         else:
             self._recent_run_s, self._run_time_measured = seconds, True
 
+    async def warm_up(self, payloads: list[Any]) -> None:
+        """Run one batch outside the queue on a model thread; the batcher starts from the
+        warm model's run time instead of a guess."""
+        _, seconds = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._timed_run, payloads)
+        self.observe_run_time(seconds)
+
     def _timed_run(self, payloads: list[Any]) -> tuple[Sequence[Any], float]:
         """Run a batch; also return its run time, measured where it ran.
 
