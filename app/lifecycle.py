@@ -1,10 +1,17 @@
-"""Graceful drain on SIGTERM.
+"""Graceful drain on SIGTERM, in three phases.
 
-First SIGTERM: readiness turns 503 at once while work is still accepted for
-`drain_delay_s` (so load balancers stop sending); then the server's own shutdown runs:
-it stops accepting, lets in-flight and queued requests finish (up to
-`shutdown_grace_s`), and the lifespan drains every model queue. A second SIGTERM skips
-the delay.
+1. draining (for `drain_delay_s`): readiness turns 503 at once so load balancers stop
+   sending; work is still accepted, and every response closes its connection, so a client
+   never finds its idle keep-alive connection cut later.
+2. stopping: new requests are answered 503 `shutting_down` with `Connection: close` (an
+   answer, not a cut connection) while the listener stays open; requests accepted before
+   finish. Once none is left (or `shutdown_grace_s` has passed) the server's own shutdown
+   starts.
+3. the server closes its listener and the lifespan drains and closes every model.
+
+What remains lost is inherent to TCP: a connection that the kernel accepted into the
+listen backlog in the instant the listener closes is reset (docs/reliability.md has the
+figures). A second SIGTERM skips to phase 3.
 """
 
 from __future__ import annotations
@@ -13,30 +20,121 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable
+
+import orjson
+
+from app.errors import error_body
 
 log = logging.getLogger("ortserve.lifecycle")
 
+SERVING, DRAINING, STOPPING = "serving", "draining", "stopping"
+CLOSE = (b"connection", b"close")
 
-def install_drain_handler(loop: asyncio.AbstractEventLoop, delay_s: float,
-                          on_drain: Callable[[], None]) -> bool:
+
+class Drain:
+    """The service's shutdown phase and the requests in flight."""
+
+    def __init__(self) -> None:
+        self.phase = SERVING
+        self.inflight = 0
+        self._idle: asyncio.Event | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self.phase != SERVING
+
+    def begin(self) -> None:
+        if self.phase == SERVING:
+            self.phase = DRAINING
+
+    def stop_accepting(self) -> None:
+        self.phase = STOPPING
+
+    def enter(self) -> None:
+        self.inflight += 1
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """True once no request is in flight; False if `timeout_s` passed first."""
+        self._idle = asyncio.Event()
+        if self.inflight == 0:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+
+class DrainGate:
+    """ASGI middleware: counts requests in flight, closes connections after each response
+    once draining, and answers 503 to new work once stopping (health and metrics stay)."""
+
+    def __init__(self, app, drain: Drain, exempt: tuple[str, ...] = ("/health/", "/metrics")):
+        self.app = app
+        self.drain = drain
+        self.exempt = exempt
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        drain = self.drain
+        if drain.phase == STOPPING and not scope["path"].startswith(self.exempt):
+            body = orjson.dumps(error_body(
+                "shutting_down", "the server is shutting down; retry on another replica"))
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()), (b"retry-after", b"1"), CLOSE]})
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        async def send_closing(message):
+            if message["type"] == "http.response.start" and drain.phase != SERVING:
+                message["headers"] = [*message.get("headers", []), CLOSE]
+            await send(message)
+
+        drain.enter()
+        try:
+            await self.app(scope, receive, send_closing)
+        finally:
+            drain.leave()
+
+
+def install_drain_handler(loop: asyncio.AbstractEventLoop, drain: Drain, delay_s: float,
+                          grace_s: float) -> bool:
     """Wrap the server's SIGTERM handler; returns False where there is none to wrap."""
     if threading.current_thread() is not threading.main_thread():
         return False
     previous = signal.getsignal(signal.SIGTERM)
     if not callable(previous):
         return False
-    state = {"draining": False}
+    state: dict = {"signalled": False, "task": None}
+
+    async def stop_then_shut_down(sig, frame) -> None:
+        await asyncio.sleep(delay_s)
+        drain.stop_accepting()
+        log.info("drain: answering new requests 503; waiting for %d in flight",
+                 drain.inflight)
+        if not await drain.wait_idle(grace_s):
+            log.warning("drain: %d request(s) still in flight after %.1f s", drain.inflight,
+                        grace_s)
+        previous(sig, frame)
 
     def handler(sig, frame):
-        if state["draining"]:
+        if state["signalled"]:
             previous(sig, frame)
             return
-        state["draining"] = True
-        on_drain()
+        state["signalled"] = True
+        drain.begin()
         log.info("SIGTERM: readiness is now 503; accepting work for %.1f s more, then "
                  "finishing what was accepted", delay_s)
-        loop.call_soon_threadsafe(loop.call_later, delay_s, previous, sig, frame)
+        loop.call_soon_threadsafe(
+            lambda: state.update(task=loop.create_task(stop_then_shut_down(sig, frame))))
 
     signal.signal(signal.SIGTERM, handler)
     return True
+

@@ -16,7 +16,7 @@ from app.api import health, models, predict
 from app.api import metrics as metrics_api
 from app.auth import AuthMiddleware, KeyStore
 from app.errors import install_handlers
-from app.lifecycle import install_drain_handler
+from app.lifecycle import Drain, DrainGate, install_drain_handler
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
@@ -65,12 +65,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
     metrics = Metrics()
     registry = ModelRegistry(settings, metrics)
+    drain = Drain()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         from app.state import AppState
 
-        state = AppState(settings, metrics, registry)
+        state = AppState(settings, metrics, registry, drain)
         app.state.ortserve = state
         try:
             await registry.load_all()
@@ -78,13 +79,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("strict device: %s", exc)
             raise
         state.started = True
-        install_drain_handler(asyncio.get_running_loop(), settings.drain_delay_s,
-                              lambda: setattr(state, "draining", True))
+        install_drain_handler(asyncio.get_running_loop(), drain, settings.drain_delay_s,
+                              settings.shutdown_grace_s)
         log.info("serving %d model(s): %s", len(registry.models),
                  ", ".join(f"{n}={s.status}" for n, s in registry.models.items()))
         quiet_garbage_collector()
         yield
-        state.draining = True
+        drain.begin()
         await registry.drain()
         await registry.close()
 
@@ -94,7 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     for r in (predict.router, models.router, health.router, metrics_api.router):
         app.include_router(r)
-    # Starlette runs the last added middleware first: request context, CORS, auth, app.
+    # Starlette runs the last added middleware first: request context, drain gate, CORS,
+    # auth, app.
     app.add_middleware(AuthMiddleware, keys=KeyStore(settings.api_keys, settings.api_keys_file),
                        exempt=settings.auth_exempt_paths, rate=settings.rate_limit_per_s,
                        burst=settings.rate_limit_burst)
@@ -103,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID",
                                           "X-Request-Timeout"])
+    app.add_middleware(DrainGate, drain=drain)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
 

@@ -78,8 +78,6 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-OUTCOMES = ("success", "client_error", "server_error", "rejected", "timeout", "cancelled")
-
 
 class RequestObserver:
     """Binds the request metrics of one model once, not per request (one child per outcome;

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from app.lifecycle import Drain
 from app.metrics import Metrics
 from app.service import ModelRegistry
 from app.settings import Settings
@@ -16,8 +17,12 @@ class AppState:
     settings: Settings
     metrics: Metrics
     registry: ModelRegistry
-    draining: bool = False
+    drain: Drain = field(default_factory=Drain)
     started: bool = False
+
+    @property
+    def draining(self) -> bool:
+        return self.drain.draining
 
 
 async def get_state(request: Request) -> AppState:

@@ -1,4 +1,5 @@
-"""`python -m bench run|soak`: benchmark the service beside its ceilings, or soak it."""
+"""`python -m bench run|probe|report|soak|drain`: benchmark the service beside its ceilings,
+soak it, or measure a drain."""
 
 from __future__ import annotations
 
@@ -289,6 +290,12 @@ def soak(a: argparse.Namespace) -> int:
     return run_soak(Path(a.models), a.minutes, a.factor, Path(a.out))
 
 
+def drain(a: argparse.Namespace) -> int:
+    from bench.drain import run_drain
+
+    return run_drain(Path(a.models), a.clients, a.before, Path(a.out))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m bench")
@@ -321,6 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--factor", type=float, default=2.0, help="offered load / capacity")
     s.add_argument("--out", default="docs")
     s.set_defaults(func=soak)
+    d = sub.add_parser("drain", help="SIGTERM under load, keep-alive and new-connection "
+                                      "clients; writes docs/reliability.md's drain section")
+    d.add_argument("--models", default="models")
+    d.add_argument("--clients", type=int, default=64)
+    d.add_argument("--before", type=float, default=3.0, help="seconds of load before SIGTERM")
+    d.add_argument("--out", default="docs")
+    d.set_defaults(func=drain)
     a = p.parse_args(argv)
     return a.func(a)
 

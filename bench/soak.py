@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 
 from bench import ceilings, load
+from bench.sections import keep_sections
 from bench.server import Service, rss_mb
 from bench.workloads import text_workload
 
@@ -111,4 +112,5 @@ def write(r: dict, out: Path, cpu: str, command: str, ok: bool) -> None:
         "an accepted request waits at most about `max_queue_size / capacity` seconds; the "
         "rest are refused at once with 503 and `Retry-After`.",
     ]
-    (out / "reliability.md").write_text("\n".join(lines) + "\n")
+    page = out / "reliability.md"
+    page.write_text(keep_sections(page, "\n".join(lines)))

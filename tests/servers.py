@@ -51,13 +51,24 @@ class ServiceProcess:
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 60) -> ServiceProcess:
+        """Returns once /health/ready is 200; on any failure the child is stopped first."""
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.logs()}")
             return httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200
 
-        wait_until(ready, timeout, "service readiness")
+        try:
+            wait_until(ready, timeout, "service readiness")
+        except BaseException:
+            self.kill()
+            raise
         return self
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -75,9 +86,10 @@ class ServiceProcess:
 
 
 def metric_value(text: str, prefix: str) -> float:
-    """Sum of every sample whose line starts with `prefix` (name plus optional labels)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    """Sum of every sample whose line starts with `prefix` (name plus optional labels);
+    a series that is not exported at all is an error, not 0."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(prefix)]
+    if not values:
+        raise KeyError(f"no series starts with {prefix!r}")
+    return sum(values)

@@ -7,7 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 
+from app.metrics import OUTCOMES
 from tests.builders import FEATURES, TEXT_LABELS
+from tests.servers import metric_value
 
 pytestmark = pytest.mark.anyio
 
@@ -121,7 +123,8 @@ async def test_malformed_json_is_400(client):
     assert r.json()["error"]["code"] == "malformed_json"
 
 
-async def test_models_list_and_detail(client):
+async def test_models_list_and_detail(make_client):
+    client = await make_client(device="cpu")
     r = await client.get("/models")
     assert r.status_code == 200
     models = {m["name"]: m for m in r.json()["models"]}
@@ -135,7 +138,8 @@ async def test_models_list_and_detail(client):
     assert (await client.get("/models/nope")).status_code == 404
 
 
-async def test_health_and_metrics(client):
+async def test_health_and_metrics(make_client):
+    client = await make_client(device="cpu")
     assert (await client.get("/health/live")).status_code == 200
     r = await client.get("/health/ready")
     assert r.status_code == 200 and r.json()["status"] == "ready"
@@ -144,21 +148,24 @@ async def test_health_and_metrics(client):
                            for _ in range(5)))
     after = (await client.get("/metrics")).text
 
-    def value(text: str, needle: str) -> float:
-        for line in text.splitlines():
-            if line.startswith(needle):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
     key = 'ortserve_requests_total{model="sentiment",outcome="success",version="1"}'
-    assert value(after, key) - value(before, key) == 5
+    assert metric_value(after, key) - metric_value(before, key) == 5
     hist = 'ortserve_request_duration_seconds_count{model="sentiment",version="1"}'
-    assert value(after, hist) - value(before, hist) == 5
+    assert metric_value(after, hist) - metric_value(before, hist) == 5
     assert 'ortserve_model_info{' in after and 'provider="CPUExecutionProvider"' in after
     assert 'ortserve_model_ready{model="sentiment",version="1"} 1.0' in after
 
 
-async def test_concurrent_requests_share_model_runs(client):
+async def test_every_outcome_series_is_exported_at_zero_from_the_start(client):
+    text = (await client.get("/metrics")).text
+    for model in ("sentiment", "tabular", "regression"):
+        for outcome in OUTCOMES:
+            key = f'ortserve_requests_total{{model="{model}",outcome="{outcome}",version="1"}}'
+            assert metric_value(text, key) == 0, key
+
+
+async def test_concurrent_requests_share_model_runs(make_client):
+    client = await make_client(instances=1)
     app = client.app
     queue = app.state.ortserve.registry.get("sentiment").queue
     runs_before = queue.batches_run

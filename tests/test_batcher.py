@@ -15,6 +15,10 @@ from app.runtime.batcher import BatchLimits, BatchQueue
 pytestmark = pytest.mark.anyio
 
 
+class ClientGoneForTest(Exception):
+    """Fails a job the way a client leaving or a deadline does."""
+
+
 class Recorder:
     """A model that doubles numbers, records every batch and can fail or block on demand."""
 
@@ -100,7 +104,9 @@ async def test_cancelled_items_are_dropped_before_they_run():
     await asyncio.sleep(0.05)
     gone = q.submit([1, 2, 3], [1, 1, 1])
     kept = q.submit([4], [1])
-    gone.cancel()
+    gone.fail(ClientGoneForTest())
+    with pytest.raises(ClientGoneForTest):
+        await gone.future
     model.gate.set()
     await blocker.future
     assert await kept.future == [8]
@@ -267,7 +273,8 @@ def test_any_interleaving_gives_each_survivor_exactly_its_results(plan, max_batc
             jobs.append((job, values, cancel, poison))
         for job, _, cancel, _ in jobs:
             if cancel:
-                job.cancel()
+                job.fail(ClientGoneForTest())
+                assert isinstance(job.future.exception(), ClientGoneForTest)
         model.gate.set()
         await blocker.future
         for job, values, cancel, poison in jobs:

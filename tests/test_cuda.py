@@ -7,9 +7,11 @@ from __future__ import annotations
 import onnxruntime as ort
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    "CUDAExecutionProvider" not in ort.get_available_providers(),
-    reason="needs onnxruntime-gpu and a visible GPU")
+pytestmark = [
+    pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                       reason="needs onnxruntime-gpu and a visible GPU"),
+    pytest.mark.anyio,
+]
 
 INPUTS = {"sentiment": ["what a great day", "the service was awful", "it is a table"],
           "tabular": [[0.1, -0.2, 0.3, 0.4], [1.5, 0.0, -0.7, 2.0]],

@@ -22,8 +22,10 @@ def live_service(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     svc = ServiceProcess(build_repository(root / "models"), root / "log",
                          ORTSERVE_LOG_LEVEL="warning").wait_ready()
-    yield svc
-    svc.terminate()
+    try:
+        yield svc
+    finally:
+        svc.terminate()
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,7 @@ from tests.test_deploy import tool
 def test_prometheus_sees_requests_and_latency_rise(repo, tmp_path):
     prometheus = tool("prometheus")
     svc = ServiceProcess(repo, tmp_path / "svc.log").wait_ready()
-    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    config["global"]["scrape_interval"] = "1s"
-    config["global"]["evaluation_interval"] = "1s"
-    config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{svc.port}"]}]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    shutil.copy(ROOT / "deploy/prometheus/rules.yml", tmp_path / "rules.yml")
-    port = free_port()
-    prom = subprocess.Popen(
-        [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prom.log", "wb"))
-    api = f"http://127.0.0.1:{port}/api/v1"
+    prom, api = None, ""
 
     def query(expr: str) -> float:
         r = httpx.get(f"{api}/query", params={"query": expr}, timeout=5).json()
@@ -34,6 +23,18 @@ def test_prometheus_sees_requests_and_latency_rise(repo, tmp_path):
         return float(result[0]["value"][1]) if result else -1.0
 
     try:
+        config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+        config["global"]["scrape_interval"] = "1s"
+        config["global"]["evaluation_interval"] = "1s"
+        config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{svc.port}"]}]
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        shutil.copy(ROOT / "deploy/prometheus/rules.yml", tmp_path / "rules.yml")
+        port = free_port()
+        prom = subprocess.Popen(
+            [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prom.log", "wb"))
+        api = f"http://127.0.0.1:{port}/api/v1"
         wait_until(lambda: query('up{job="ortserve"}') == 1, 60, "Prometheus scraping")
         requests = 'sum(ortserve_requests_total{outcome="success"})'
         latency = "sum(ortserve_request_duration_seconds_count)"
@@ -49,6 +50,7 @@ def test_prometheus_sees_requests_and_latency_rise(repo, tmp_path):
         wait_until(lambda: query("count(model:ortserve_request_duration_seconds:p99_5m)") > 0,
                    30, "recording rule evaluation")
     finally:
-        prom.terminate()
-        prom.wait(10)
+        if prom is not None:
+            prom.terminate()
+            prom.wait(10)
         svc.terminate()

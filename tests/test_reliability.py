@@ -63,7 +63,7 @@ async def test_full_queue_answers_503_with_retry_after_at_once(make_client, repo
 
 async def test_deadline_gives_504_and_the_item_never_runs(make_client, repo):
     add_slow_model(repo)
-    client = await make_client()
+    client = await make_client(instances=1)  # one run at a time, whatever the core count
     svc = client.app.state.ortserve.registry.get("slow")
     runs_before = svc.queue.batches_run
     # three rows at batch size 1 keep the model busy for three runs
@@ -152,3 +152,27 @@ async def test_request_id_is_kept_or_made(client):
     assert r.headers["x-request-id"] == "abc-123"
     r = await client.get("/health/live")
     assert len(r.headers["x-request-id"]) == 32
+
+
+async def test_stopping_answers_new_work_503_and_finishes_what_was_accepted(make_client, repo):
+    add_slow_model(repo, max_batch_size=1)
+    client = await make_client(instances=1)
+    drain = client.app.state.ortserve.drain
+    accepted = asyncio.ensure_future(client.post("/predict", json={"model": "slow",
+                                                                    "inputs": [ROW] * 3}))
+    while drain.inflight == 0:
+        await asyncio.sleep(0.001)
+    drain.begin()
+    assert (await client.get("/health/ready")).status_code == 503
+    r = await client.post("/predict", json={"model": "tabular", "inputs": [ROW]})
+    assert r.status_code == 200 and r.headers["connection"] == "close"
+    drain.stop_accepting()
+    r = await client.post("/predict", json={"model": "tabular", "inputs": [ROW]})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+    assert r.headers["connection"] == "close" and r.headers["retry-after"] == "1"
+    assert (await client.get("/health/live")).status_code == 200
+    assert not accepted.done()
+    assert await drain.wait_idle(30)
+    done = await accepted
+    assert done.status_code == 200 and len(done.json()["predictions"]) == 3
+    assert done.headers["connection"] == "close"

@@ -85,7 +85,7 @@ def tiny_encoder(tmp_path_factory) -> Path:
     ([["t", "l"], ["hello", "a"], ["bye", "a"]],
      ["sentiment", "--text-column", "t", "--label-column", "l"], "one class only"),
 ])
-def test_bad_csv_exits_nonzero_with_one_line_and_writes_nothing(tmp_path, capsys, content,
+def test_bad_csv_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, content,
                                                                  args, message):
     path = tmp_path / "data.csv"
     if content is not None:
@@ -93,7 +93,7 @@ def test_bad_csv_exits_nonzero_with_one_line_and_writes_nothing(tmp_path, capsys
     out = tmp_path / "models"
     code = train_main([args[0], "--csv", str(path), "--output", str(out), *args[1:]])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0
+    assert code == 2
     assert len(err) == 1 and message in err[0], err
     assert not out.exists() or not any(p for p in out.rglob("*") if p.is_file())
 
@@ -179,7 +179,7 @@ def test_interrupted_export_leaves_no_version_behind(tmp_path, monkeypatch):
     path = write_csv(tmp_path / "t.csv", ["a", "b", "c", "y"], table_rows(100))
     out = tmp_path / "models"
     assert train_main(["tabular", "--csv", str(path), "--target-column", "y",
-                       "--output", str(out)]) != 0
+                       "--output", str(out)]) == 2
     leftovers = list((out / "breast-cancer").iterdir()) if (out / "breast-cancer").exists() else []
     assert leftovers == []
 

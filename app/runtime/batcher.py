@@ -57,12 +57,6 @@ class Job:
     def dead(self) -> bool:
         return self.cancelled or self.future.done()
 
-    def cancel(self) -> None:
-        """Skip whatever has not run yet; the future is cancelled."""
-        self.cancelled = True
-        if not self.future.done():
-            self.future.cancel()
-
     def fail(self, exc: BaseException) -> None:
         """The client left or its deadline passed: skip what has not run, raise `exc`."""
         self.cancelled = True
@@ -118,9 +112,6 @@ class BatchQueue:
         self._run_time_measured = False
 
     # -- producer side -------------------------------------------------------------------
-    def depth(self) -> int:
-        return len(self._queue)
-
     def submit(self, payloads: Sequence[Any], costs: Sequence[int]) -> Job:
         if self._worker is None or self._worker.done():
             raise ModelNotReady("model is not accepting work")
