@@ -72,14 +72,17 @@ class TokenBucket:
 
 
 class AuthMiddleware:
-    def __init__(self, app, keys: KeyStore, exempt: list[str], rate: float, burst: int) -> None:
+    def __init__(self, app, keys: KeyStore, exempt: list[str], rate: float, burst: int,
+                 own_auth: tuple[str, ...] = ()) -> None:
         self.app = app
         self.keys = keys
         self.exempt = set(exempt)
+        self.own_auth = own_auth  # path prefixes with keys of their own (the admin API)
         self.bucket = TokenBucket(rate, burst) if rate > 0 else None
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.keys.enabled or scope["path"] in self.exempt:
+        if (scope["type"] != "http" or not self.keys.enabled or scope["path"] in self.exempt
+                or scope["path"].startswith(self.own_auth)):
             return await self.app(scope, receive, send)
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
         if header is None or not header[:7].lower() == b"bearer " or not header[7:].strip():

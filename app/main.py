@@ -12,17 +12,19 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api import health, models, predict
+from app.api import health
 from app.api import metrics as metrics_api
+from app.api.admin import repository
+from app.api.errors import install_handlers
+from app.api.v1 import models, predict
 from app.auth import AuthMiddleware, KeyStore
-from app.errors import install_handlers
 from app.lifecycle import Drain, DrainGate, install_drain_handler
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.responses import JSONResponse
 from app.runtime.session import DeviceError
-from app.service import ModelRegistry
+from app.serving.registry import ModelRegistry
 from app.settings import Settings
 
 log = logging.getLogger("ortserve")
@@ -74,15 +76,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = AppState(settings, metrics, registry, drain)
         app.state.ortserve = state
         try:
-            await registry.load_all()
+            await registry.start()
         except DeviceError as exc:
             log.error("strict device: %s", exc)
             raise
         state.started = True
         install_drain_handler(asyncio.get_running_loop(), drain, settings.drain_delay_s,
                               settings.shutdown_grace_s)
-        log.info("serving %d model(s): %s", len(registry.models),
-                 ", ".join(f"{n}={s.status}" for n, s in registry.models.items()))
+        log.info("serving %d model(s): %s", len(registry.records),
+                 ", ".join(f"{n}={r.status}" for n, r in registry.records.items()))
         quiet_garbage_collector()
         yield
         drain.begin()
@@ -93,13 +95,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan, default_response_class=JSONResponse,
                   **_telemetry(settings.otel))
     install_handlers(app)
-    for r in (predict.router, models.router, health.router, metrics_api.router):
+    for r in (predict.router, models.router, health.router, metrics_api.router,
+              repository.router):
         app.include_router(r)
     # Starlette runs the last added middleware first: request context, drain gate, CORS,
     # auth, app.
     app.add_middleware(AuthMiddleware, keys=KeyStore(settings.api_keys, settings.api_keys_file),
                        exempt=settings.auth_exempt_paths, rate=settings.rate_limit_per_s,
-                       burst=settings.rate_limit_burst)
+                       burst=settings.rate_limit_burst, own_auth=("/repository/",))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"],

@@ -36,6 +36,8 @@ class InputSchema(BaseModel):
     type: Literal["text", "features"]
     max_length: int | None = Field(default=None, ge=2)
     features: list[Feature] | None = None
+    tensor: str | None = Field(default=None, description="Feature models: the graph's "
+                                                         "input name (default 'features').")
 
     @model_validator(mode="after")
     def _check(self) -> InputSchema:
@@ -47,9 +49,11 @@ class InputSchema(BaseModel):
 
 
 class Batching(BaseModel):
-    max_batch_size: int = Field(default=64, ge=1)
-    max_batch_tokens: int = Field(default=16384, ge=1)
-    max_delay_ms: float = Field(default=0.0, ge=0)
+    """A model's own batching values; each one left out takes the server's setting."""
+
+    max_batch_size: int | None = Field(default=None, ge=1)
+    max_batch_tokens: int | None = Field(default=None, ge=1)
+    max_delay_ms: float | None = Field(default=None, ge=0)
     max_queue_size: int | None = Field(default=None, ge=1)
 
 
@@ -83,6 +87,8 @@ class Manifest(BaseModel):
         classifier = self.kind != "tabular-regression"
         if classifier and (not self.labels or len(self.labels) < 2):
             raise ValueError(f"{self.kind} needs at least two labels")
+        if not classifier and self.labels:
+            raise ValueError("tabular-regression predicts a value and takes no labels")
         if (self.kind == "text-classification") != (self.inputs.type == "text"):
             raise ValueError(f"kind {self.kind} does not match input type {self.inputs.type}")
         if self.kind == "text-classification" and not self.tokenizer_file:

@@ -64,9 +64,27 @@ class Metrics:
             "model and the SHA-256 of its file.",
             (*MODEL, "kind", "variant", "provider", "requested_provider", "sha256"),
             registry=r, multiprocess_mode="livemax")
-        self.load_failures = Gauge(
-            "ortserve_model_load_failed", "1 for a configured model that could not be loaded.",
-            ("model",), registry=r, multiprocess_mode="livemax")
+        self.load_failures = Counter(
+            "ortserve_model_load_failures", "Versions that failed to load, by reason (verify: "
+            "manifest, file or hash; session; outputs; warmup; device; memory).",
+            ("model", "reason"), registry=r)
+        self._per_version = (self.inputs, self.request_latency, self.queue_wait,
+                             self.inference, self.batch_size, self.batch_tokens,
+                             self.queue_depth, self.ready)
+
+    def forget(self, model: str, version: str) -> None:
+        """Remove an unloaded version's series (its info series is removed by its owner).
+        In multiprocess mode the files of the workers keep them until restart."""
+        for metric in self._per_version:
+            try:
+                metric.remove(model, version)
+            except KeyError:
+                pass
+        for outcome in OUTCOMES:
+            try:
+                self.requests.remove(model, version, outcome)
+            except KeyError:
+                pass
 
     def render(self) -> bytes:
         if multiprocess_enabled():

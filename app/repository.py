@@ -39,6 +39,37 @@ def _versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def model_names(root: Path) -> list[str]:
+    """Every model folder of the repository (hidden and badly named folders are not)."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name))
+
+
+def version_folders(root: Path, name: str) -> list[int]:
+    """The numbered version folders of one model, ascending ([] if it has none)."""
+    folder = root / name
+    try:
+        return _versions(folder) if NAME_PATTERN.match(name) and folder.is_dir() else []
+    except OSError:
+        return []
+
+
+def fingerprint(path: Path) -> tuple[str, float]:
+    """(names, sizes and modification times of a version folder's files; the newest
+    modification time): a folder whose fingerprint changed is checked again, and one
+    modified moments ago may still be being copied."""
+    entries, newest = [], 0.0
+    try:
+        for f in sorted(path.iterdir()):
+            st = f.stat()
+            entries.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+            newest = max(newest, st.st_mtime)
+    except OSError:
+        return "", 0.0
+    return hashlib.sha256("|".join(entries).encode()).hexdigest(), newest
+
+
 def verify(name: str, version: int, path: Path, variant: str | None = None) -> ModelSource:
     src = ModelSource(name, version, path)
     try:

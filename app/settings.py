@@ -32,8 +32,26 @@ class Settings(BaseSettings):
         default_factory=list, description="Models to load (comma-separated); empty loads "
                                           "every model found.")
     model_versions: dict[str, int] = Field(
-        default_factory=dict, description="Pin versions (JSON), e.g. {\"sentiment\": 2}; "
-                                          "default is each model's highest version.")
+        default_factory=dict, description="Pin one version per model (JSON), e.g. "
+                                          "{\"sentiment\": 2}: short for the version policy "
+                                          "[2].")
+    version_policy: dict[str, str | list[int]] = Field(
+        default_factory=dict,
+        description="Versions served per model (JSON), as in Triton: \"latest\", "
+                    "\"latest:N\" (the N highest), \"all\", or a list of versions, e.g. "
+                    "{\"sentiment\": \"latest:2\"}. Requests without a version go to the "
+                    "highest served one.")
+    default_version_policy: str = Field(
+        "latest", pattern=r"^(latest(:[1-9][0-9]*)?|all)$",
+        description="Version policy of models that version_policy does not name.")
+    repository_poll_s: float = Field(
+        0.0, ge=0, description="Re-scan the repository this often (seconds) and follow it: "
+                               "load verified new versions, unload removed ones. 0: off "
+                               "(the repository API still loads and unloads).")
+    memory_budget_mb: int = Field(
+        0, ge=0, description="Refuse to load a version when the process's resident memory "
+                             "plus about twice the version's model file would exceed this "
+                             "(MB). 0: no budget.")
     default_model: str | None = Field(
         None, description="Model used by POST /predict when the request names none; "
                           "default: the only model if there is one, else 'sentiment' if loaded.")
@@ -112,6 +130,10 @@ class Settings(BaseSettings):
                                           "disables CORS.")
 
     # Auth
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Keys for the repository API (/repository/*), "
+                                          "comma-separated, distinct from api_keys; empty: "
+                                          "that API answers 403 and changes nothing.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Accepted API keys (comma-separated); empty "
                                           "disables auth unless api_keys_file is set.")
@@ -126,7 +148,8 @@ class Settings(BaseSettings):
                                                            "(token bucket); 0 disables.")
     rate_limit_burst: int = Field(20, ge=1, description="Per-key bucket size.")
 
-    @field_validator("models", "cors_origins", "api_keys", "auth_exempt_paths", mode="before")
+    @field_validator("models", "cors_origins", "api_keys", "admin_keys", "auth_exempt_paths",
+                     mode="before")
     @classmethod
     def _comma_list(cls, v):
         if isinstance(v, str):

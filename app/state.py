@@ -8,7 +8,8 @@ from fastapi import Request
 
 from app.lifecycle import Drain
 from app.metrics import Metrics
-from app.service import ModelRegistry
+from app.serving.dataplane import DataPlane
+from app.serving.registry import ModelRegistry
 from app.settings import Settings
 
 
@@ -19,6 +20,10 @@ class AppState:
     registry: ModelRegistry
     drain: Drain = field(default_factory=Drain)
     started: bool = False
+    dataplane: DataPlane = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dataplane = DataPlane(self.registry)
 
     @property
     def draining(self) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.api.v1.predict import encode
 from app.manifest import Manifest
 from app.pipelines import build_pipeline
 from app.runtime.session import create_session
@@ -23,15 +24,12 @@ def load(folder: Path, model_file: str | None = None, threads: int = 0,
     # the service's device setting (ORTSERVE_DEVICE), so that a GPU run compares GPU to GPU
     session = create_session(folder / (model_file or manifest.model_file), Settings().device,
                              False, intra_op_threads=threads,
-                             disabled_optimizers=disabled_optimizers)
-    names = set(session.input_names)
-
-    def session_run(feeds: dict):
-        return session.run({k: v for k, v in feeds.items() if k in names})
+                             disabled_optimizers=disabled_optimizers,
+                             output_name=manifest.outputs.get("name"))
 
     def predict(inputs: list) -> list[dict]:
         payloads, _ = pipeline.preprocess(inputs)
-        return pipeline.postprocess(pipeline.run_batch(session_run, payloads))
+        return encode(manifest.labels, pipeline.run_batch(session.run, payloads))
 
     return predict
 

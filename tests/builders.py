@@ -214,3 +214,26 @@ def add_slow_model(root: Path, name: str = "slow", max_batch_size: int = 1,
                    size: int = 1536) -> Path:
     return _add_classifier(root, name, lambda p, n: build_slow_rows_model(p, n, size),
                            max_batch_size)
+
+
+def add_odd_shape_regressor(root: Path, name: str = "odd") -> Path:
+    """A regressor whose output is [batch, 1, 1]: its width checks out, but no API knows
+    how to encode a row of it."""
+    folder = root / name / "1"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 1, (len(FEATURES), 1)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["features", "w"], ["z"]),
+             helper.make_node("Unsqueeze", ["z", "axis"], ["value"])]
+    graph = helper.make_graph(
+        nodes, "odd",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", len(FEATURES)])],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch", 1, 1])],
+        [numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.array([2], dtype=np.int64), "axis")])
+    _save(graph, folder / "model.onnx")
+    write_manifest(folder, {
+        "name": name, "version": 1, "kind": "tabular-regression",
+        "inputs": {"type": "features", "features": [{"name": f} for f in FEATURES]},
+        "outputs": {"name": "value"}, "model_file": "model.onnx"})
+    return folder

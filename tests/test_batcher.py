@@ -36,8 +36,12 @@ class Recorder:
         return [p * 2 for p in payloads]
 
 
+DEFAULT_LIMITS = {"max_batch_size": 64, "max_batch_tokens": 8192, "max_delay_ms": 0.0,
+                  "max_queue_size": 1024}
+
+
 def make(model, instances: int = 1, **limits) -> BatchQueue:
-    q = BatchQueue(model, BatchLimits(**limits), instances=instances)
+    q = BatchQueue(model, BatchLimits(**{**DEFAULT_LIMITS, **limits}), instances=instances)
     q.start()
     return q
 
@@ -143,7 +147,7 @@ async def test_full_queue_rejects_at_once():
     queued = q.submit([1, 2], [1, 1])
     with pytest.raises(QueueFull) as err:
         q.submit([3, 4], [1, 1])
-    assert err.value.headers == {"Retry-After": "1"}
+    assert err.value.retry_after_s == 1
     model.gate.set()
     await blocker.future
     assert await queued.future == [2, 4]  # what was accepted still runs

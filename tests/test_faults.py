@@ -8,7 +8,13 @@ import json
 import pytest
 
 from app.runtime.session import DeviceError
-from tests.builders import add_fragile_model, add_text_model
+from tests.builders import (
+    add_fragile_model,
+    add_odd_shape_regressor,
+    add_rows_model,
+    add_text_model,
+    write_manifest,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -130,3 +136,42 @@ async def test_readiness_flips_only_after_warm_up(repo):
         late = await client.get("/health/ready")
         assert late.status_code == 200 and late.json()["not_ready"] == {}
     await ctx.__aexit__(None, None, None)
+
+
+async def test_an_unexpected_error_is_a_500_in_the_one_error_shape(make_client, repo, capsys):
+    import httpx
+
+    add_odd_shape_regressor(repo)
+    client = await make_client()
+    transport = httpx.ASGITransport(app=client.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as raw:
+        r = await raw.post("/predict", json={"model": "odd", "inputs": [[1, 2, 3, 4]]},
+                           headers={"X-Request-ID": "req-odd-1"})
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "internal_error"
+    assert r.json()["error"]["details"] == {"request_id": "req-odd-1"}
+    assert "req-odd-1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("labels,reason", [
+    (["a", "b", "c"], "output has 2 columns but the manifest declares 3 labels"),
+    (None, "tabular-classification needs at least two labels"),
+])
+async def test_labels_must_match_the_outputs(make_client, repo, labels, reason):
+    folder = add_rows_model(repo, "mislabelled", classifier=True)
+    manifest = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").unlink()
+    write_manifest(folder, {**manifest, "labels": labels})
+    client = await make_client()
+    m = (await _status(client))["mislabelled"]
+    assert m["status"] == "failed" and reason in m["error"]
+
+
+async def test_a_regressor_takes_no_labels(make_client, repo):
+    folder = add_rows_model(repo, "valued", classifier=False)
+    manifest = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").unlink()
+    write_manifest(folder, {**manifest, "labels": ["low", "high"]})
+    client = await make_client()
+    m = (await _status(client))["valued"]
+    assert m["status"] == "failed" and "takes no labels" in m["error"]

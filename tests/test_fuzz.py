@@ -34,7 +34,11 @@ def api_schema(live_service):
 
 
 OPERATIONS = ["POST /predict", "POST /models/{name}/predict", "GET /models",
-              "GET /models/{name}", "GET /health/live", "GET /health/ready", "GET /metrics"]
+              "GET /models/{name}", "GET /models/{name}/versions/{version}",
+              "GET /health/live", "GET /health/ready", "GET /metrics",
+              # no admin key is configured: these answer 401/403 and change nothing
+              "GET /repository/index", "POST /repository/models/{name}/load",
+              "POST /repository/models/{name}/unload"]
 
 
 def test_schema_lists_every_operation(api_schema):

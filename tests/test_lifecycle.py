@@ -118,6 +118,10 @@ def test_client_gone_while_queued_is_dropped_before_it_runs(repo, tmp_path):
                                         'outcome="cancelled"') == 4, 20, "4 cancelled")
         time.sleep(0.5)
         assert metric_value(metrics(), size_count) - base == 12  # only the busy rows ran
+        lines = [json.loads(ln) for ln in svc.logs().splitlines() if ln.startswith("{")]
+        statuses = [ln["status"] for ln in lines
+                    if ln["logger"] == "ortserve.access" and ln.get("path") == "/predict"]
+        assert statuses.count(499) == 4 and 503 not in statuses  # cancelled, not unavailable
         r = httpx.post(f"{svc.url}/predict", json={"model": "slow", "inputs": [ROW]}, timeout=30)
         assert r.status_code == 200
     finally:

@@ -27,7 +27,7 @@ async def ready(request: Request):
         not_ready = {"service": "starting", **not_ready}
     if state.draining:
         not_ready = {"service": "draining", **not_ready}
-    if not state.registry.models and state.started:
+    if not state.registry.records and state.started:
         not_ready = {"service": "no models configured or found"}
     status = 503 if not_ready else 200
     return JSONResponse({"status": "ready" if status == 200 else "not_ready",

@@ -22,7 +22,8 @@ class PredictRequest(BaseModel):
 
     model: str | None = Field(None, pattern=NAME_PATTERN.pattern, max_length=128,
                               description="Model name; the configured default when omitted.")
-    version: int | None = Field(None, ge=1, description="Fail unless this version is served.")
+    version: int | None = Field(None, ge=1, description="Served version to use; default: "
+                                                       "the one the model routes to.")
     inputs: list[Input] = Field(
         ..., min_length=1,
         description="Texts for text models; rows for tabular models, each a list of numbers "
@@ -33,7 +34,8 @@ class ModelPredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid",
                               json_schema_extra={"examples": [{"inputs": ["great game"]}]})
 
-    version: int | None = Field(None, ge=1, description="Fail unless this version is served.")
+    version: int | None = Field(None, ge=1, description="Served version to use; default: "
+                                                       "the one the model routes to.")
     inputs: list[Input] = Field(..., min_length=1)
 
 
@@ -88,6 +90,13 @@ class BatchingInfo(BaseModel):
     max_queue_size: int
 
 
+class VersionState(BaseModel):
+    version: int
+    state: str = Field(description="loading, ready, draining, unloaded or failed")
+    reason: str | None = Field(None, description="Why it failed.")
+    routed: bool = Field(False, description="Requests without a version go to it.")
+
+
 class ModelSummary(BaseModel):
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
         "name": "sentiment", "version": 1, "status": "ready", "error": None,
@@ -98,7 +107,7 @@ class ModelSummary(BaseModel):
                      "max_queue_size": 1024}, "instances": 2}]})
 
     name: str
-    version: int | None
+    version: int | None = Field(description="The version requests without one go to.")
     status: str
     error: str | None
     kind: str | None
@@ -109,6 +118,11 @@ class ModelSummary(BaseModel):
     requested_providers: list[str] | None
     batching: BatchingInfo | None
     instances: int | None = Field(None, description="Batches of this model that run at once.")
+    policy: str | list[int] | None = Field(None, description="Version policy.")
+    pinned_version: int | None = Field(
+        None, description="Set by an explicit load of one version: requests without a "
+                          "version go to it until the next load or restart.")
+    versions: list[VersionState] = Field(default_factory=list)
 
 
 class ModelList(BaseModel):
@@ -137,3 +151,22 @@ class Readiness(BaseModel):
         {"status": "not_ready", "not_ready": {"sentiment": "loading"}}]})
     status: str
     not_ready: dict[str, str]
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 2}]})
+    version: int | None = Field(None, ge=1, description="One version; default: every "
+                                                        "version the policy names.")
+
+
+class IndexEntry(BaseModel):
+    name: str
+    version: int | None
+    state: str = Field(description="loading, ready, draining, unloaded or failed")
+    reason: str | None
+    on_disk: bool
+    routed: bool
+
+
+class RepositoryIndex(BaseModel):
+    models: list[IndexEntry]

@@ -15,9 +15,10 @@ RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 class Pipeline(ABC):
-    """Pre-process (validate, encode) -> collate a batch -> run -> split -> post-process.
+    """Pre-process (validate, encode) -> collate a batch -> run -> one output row per input.
 
-    Nothing here knows about HTTP: invalid inputs raise `app.errors.InvalidInput`.
+    Nothing here knows about HTTP or response shapes: invalid inputs raise
+    `app.errors.InvalidInput`, and each API encodes the output rows its own way.
     """
 
     unit = "inputs"
@@ -26,6 +27,7 @@ class Pipeline(ABC):
         self.manifest = manifest
         self.labels = manifest.labels
         self.max_items = max_items
+        self.softmax = bool(manifest.outputs.get("softmax", False))
 
     def check_count(self, inputs: Sequence[Any]) -> None:
         if len(inputs) > self.max_items:
@@ -42,22 +44,17 @@ class Pipeline(ABC):
         """Stack payloads into the model's input tensors."""
 
     @abstractmethod
-    def warmup_payloads(self) -> list[list[Any]]:
+    def warmup_payloads(self, max_batch_size: int) -> list[list[Any]]:
         """Batches that cover the sizes and lengths this model will see."""
 
     def run_batch(self, run: RunFn, payloads: list[Any]) -> np.ndarray:
         """Runs in the batch worker's thread; returns one output row per payload."""
-        return run(self.collate(payloads))
+        return self.activate(run(self.collate(payloads)))
 
-    def postprocess(self, outputs: Sequence[np.ndarray]) -> list[dict]:
-        # Plain Python per row: numpy's per-call overhead dominates for a few numbers.
-        labels = self.labels
-        if labels is None:
-            return [{"value": float(r[0])} for r in outputs]
-        out = []
-        for r in outputs:
-            scores = r.tolist()
-            best = max(range(len(scores)), key=scores.__getitem__)  # first maximum
-            out.append({"label": labels[best], "score": scores[best],
-                        "scores": dict(zip(labels, scores, strict=True))})
-        return out
+    def activate(self, outputs: np.ndarray) -> np.ndarray:
+        """Scores as the API returns them: a graph that ends in logits (an imported one;
+        the manifest's `outputs.softmax`) gets its softmax here, once per batch."""
+        if not self.softmax:
+            return outputs
+        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)

@@ -23,6 +23,7 @@ class _RowsPipeline(Pipeline):
         super().__init__(manifest, max_rows)
         self.features = [f.name for f in manifest.inputs.features or []]
         self._index = {name: j for j, name in enumerate(self.features)}
+        self.tensor = manifest.inputs.tensor or "features"  # the graph's input name
 
     def _values(self, i: int, row: Any) -> list:
         n = len(self.features)
@@ -70,11 +71,11 @@ class _RowsPipeline(Pipeline):
         return values, [1] * len(values)
 
     def collate(self, payloads: list[Any]) -> dict[str, np.ndarray]:
-        return {"features": np.array(payloads, dtype=np.float32)}
+        return {self.tensor: np.array(payloads, dtype=np.float32)}
 
-    def warmup_payloads(self) -> list[list[Any]]:
-        row = np.zeros(len(self.features), dtype=np.float32)
-        return [[row] * b for b in sorted({1, 8, self.manifest.batching.max_batch_size})]
+    def warmup_payloads(self, max_batch_size: int) -> list[list[Any]]:
+        row = [0.0] * len(self.features)
+        return [[row] * b for b in sorted({1, min(8, max_batch_size), max_batch_size})]
 
 
 class TabularClassificationPipeline(_RowsPipeline):

@@ -83,7 +83,10 @@ class TextClassificationPipeline(Pipeline):
         for row, p in enumerate(payloads):
             ids[row, :len(p)] = p
             mask[row, :len(p)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+        # BERT-style exports (Hugging Face Optimum) also take segment ids; the session
+        # feeds only the inputs its graph has
+        return {"input_ids": ids, "attention_mask": mask,
+                "token_type_ids": np.zeros_like(ids)}
 
     def run_batch(self, run, payloads: list[Any]) -> np.ndarray:
         """Pad per length bucket, not per batch: sort the batch by length and split it where
@@ -93,13 +96,13 @@ class TextClassificationPipeline(Pipeline):
         out: np.ndarray | None = None
         for start, stop in length_buckets(lengths, RUN_OVERHEAD_TOKENS):
             idx = order[start:stop]
-            probs = run(self.collate([payloads[i] for i in idx]))
+            probs = self.activate(run(self.collate([payloads[i] for i in idx])))
             if out is None:
                 out = np.empty((len(payloads), probs.shape[1]), dtype=probs.dtype)
             out[idx] = probs
         return out
 
-    def warmup_payloads(self) -> list[list[Any]]:
+    def warmup_payloads(self, max_batch_size: int) -> list[list[Any]]:
         cls_ = self.tokenizer.token_to_id("[CLS]") or 101
         sep = self.tokenizer.token_to_id("[SEP]") or 102
         word = self.tokenizer.token_to_id("the") or 1000
@@ -107,7 +110,6 @@ class TextClassificationPipeline(Pipeline):
         def seq(n: int) -> np.ndarray:
             return np.asarray([cls_] + [word] * max(0, n - 2) + [sep], dtype=np.int64)
 
-        sizes = sorted({1, min(8, self.manifest.batching.max_batch_size),
-                        self.manifest.batching.max_batch_size})
+        sizes = sorted({1, min(8, max_batch_size), max_batch_size})
         return [[seq(n)] * b for b in sizes for n in (8, min(48, self.max_length),
                                                        self.max_length)]

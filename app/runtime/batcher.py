@@ -64,12 +64,15 @@ class Job:
             self.future.set_exception(exc)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchLimits:
-    max_batch_size: int = 64
-    max_batch_tokens: int = 8192
-    max_delay_ms: float = 0.0
-    max_queue_size: int = 1024
+    """Resolved once per loaded model (`app/serving/loader.py`); the defaults live in
+    Settings, a manifest may override them, and per-model settings override both."""
+
+    max_batch_size: int
+    max_batch_tokens: int
+    max_delay_ms: float
+    max_queue_size: int
 
 
 # A batch whose recent runs took less than this runs on the event loop itself: the hand-off
@@ -118,7 +121,7 @@ class BatchQueue:
         n = len(payloads)
         if len(self._queue) + n > self.limits.max_queue_size:
             raise QueueFull(f"queue full ({len(self._queue)} of {self.limits.max_queue_size} "
-                            "inputs waiting); retry shortly", headers={"Retry-After": "1"})
+                            "inputs waiting); retry shortly", retry_after_s=1)
         job = Job(payloads, costs, asyncio.get_running_loop().create_future())
         if n == 1:
             self._queue.append((job, 0))

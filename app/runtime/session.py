@@ -55,16 +55,27 @@ class ModelSession:
     def provider(self) -> str:
         return self.providers[0]
 
+    @property
+    def output_shape(self) -> list[int | str | None]:
+        """The output's declared shape; a string or None is a dynamic dimension."""
+        out = next(o for o in self.session.get_outputs() if o.name == self.output_name)
+        return list(out.shape)
+
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run([self.output_name], feeds)[0]
+        """Feeds the inputs the graph has (a pipeline may offer more, e.g. segment ids)."""
+        names = self.input_names
+        return self.session.run([self.output_name],
+                                {k: v for k, v in feeds.items() if k in names})[0]
 
 
 def create_session(model: Path | bytes, device: str, strict: bool, tensorrt: bool = False,
                    intra_op_threads: int = 0, inter_op_threads: int = 1,
                    allow_spinning: bool = False,
-                   disabled_optimizers: Sequence[str] | None = None) -> ModelSession:
+                   disabled_optimizers: Sequence[str] | None = None,
+                   output_name: str | None = None) -> ModelSession:
     """A session on the best provider `device` allows; `disabled_optimizers` defaults to
-    CPU_DISABLED_OPTIMIZERS when the session runs on the CPU provider."""
+    CPU_DISABLED_OPTIMIZERS when the session runs on the CPU provider. `output_name`:
+    the graph output the model answers with (default: the first)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = intra_op_threads
@@ -91,6 +102,8 @@ def create_session(model: Path | bytes, device: str, strict: bool, tensorrt: boo
         log.warning(msg)
     if strict and device == "cpu" and providers[0] != CPU:
         raise DeviceError(f"{where}: runs on {providers[0]}, not CPU")
+    outputs = [o.name for o in session.get_outputs()]
+    if output_name is not None and output_name not in outputs:
+        raise ValueError(f"the graph has no output {output_name!r} (it has {outputs})")
     return ModelSession(session, requested, providers,
-                        [i.name for i in session.get_inputs()],
-                        session.get_outputs()[0].name)
+                        [i.name for i in session.get_inputs()], output_name or outputs[0])

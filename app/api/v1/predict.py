@@ -1,18 +1,20 @@
-"""POST /predict and POST /models/{name}/predict."""
+"""POST /predict and POST /models/{name}/predict: parse, call the data plane, encode."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TypeVar
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from app.api.errors import CLIENT_CLOSED_STATUS
 from app.api.lean import LeanRoute
 from app.api.schemas import ErrorResponse, ModelPredictRequest, PredictRequest, PredictResponse
-from app.errors import ModelNotFound
 from app.manifest import NAME_PATTERN
 from app.responses import JSONResponse
 from app.state import AppState
@@ -92,11 +94,6 @@ async def _parse(request: Request, body: type[BodyT]) -> BodyT:
         ) from None
 
 
-# Logged for a request whose client left before its body arrived (or whose body the size
-# limit refused, already answered with 413); nobody receives it.
-CLIENT_CLOSED_STATUS = 499
-
-
 async def _client_gone(request: Request) -> None:
     """Resolves when the client disconnects (the body has already been read)."""
     while True:
@@ -105,27 +102,40 @@ async def _client_gone(request: Request) -> None:
             return
 
 
+def encode(labels: list[str] | None, outputs: Sequence[np.ndarray]) -> list[dict]:
+    """Output rows as `/predict` answers them: {label, score, scores} or {value}.
+    Plain Python per row: numpy's per-call overhead dominates for a few numbers."""
+    if labels is None:
+        return [{"value": float(r.tolist()[0] if r.ndim else r)} for r in outputs]
+    out = []
+    for r in outputs:
+        scores = r.tolist()
+        best = max(range(len(scores)), key=scores.__getitem__)  # first maximum
+        out.append({"label": labels[best], "score": scores[best],
+                    "scores": dict(zip(labels, scores, strict=True))})
+    return out
+
+
 async def _predict(request: Request, name: str | None, version: int | None,
                    inputs: list) -> JSONResponse:
     t0 = time.perf_counter()
     state: AppState = request.app.state.ortserve
     timeout = _timeout(request)
-    svc = state.registry.get(name)
     # for the access log line (RequestContextMiddleware reads the scope's state)
-    state_dict = request.scope.setdefault("state", {})
-    state_dict["model"], state_dict["version"] = svc.name, svc.version
-    if version is not None and svc.version != version:
-        raise ModelNotFound(f"model {svc.name} version {version} is not served (serving "
-                            f"{svc.version})", {"field": "version"})
+    log_fields = request.scope.setdefault("state", {})
+    log_fields["model"], log_fields["version"] = name, version
     deadline = state.settings.request_timeout_s
     if timeout is not None:
         deadline = min(deadline, timeout)
-    result = await svc.predict(inputs, deadline, lambda: _client_gone(request))
+    result = await state.dataplane.infer(name, version, inputs, deadline,
+                                         lambda: _client_gone(request))
+    log_fields["model"], log_fields["version"] = result.model, result.version
     return JSONResponse({
-        "model": svc.name, "version": svc.version, "predictions": result.predictions,
+        "model": result.model, "version": result.version,
+        "predictions": encode(result.labels, result.outputs),
         "timing": {"total_ms": round((time.perf_counter() - t0) * 1000, 3),
-                   "queue_ms": round(result.queue_ms, 3),
-                   "inference_ms": round(result.inference_ms, 3)}})
+                   "queue_ms": round(result.queue_s * 1000, 3),
+                   "inference_ms": round(result.inference_s * 1000, 3)}})
 
 
 async def _serve(request: Request, body_type: type[PredictRequest | ModelPredictRequest],

@@ -1,0 +1,1 @@
+"""The serving core: loaded models, the registry of versions, the data plane."""

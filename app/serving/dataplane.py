@@ -1,0 +1,25 @@
+"""The protocol-neutral data plane: every API calls this, none calls the registry's
+models directly. Inputs in, typed results out; errors are `app.errors` domain errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from app.serving.model import ClientGone, InferenceResult, LoadedModel
+from app.serving.registry import ModelRegistry
+
+
+class DataPlane:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    def model(self, name: str | None, version: int | None = None) -> LoadedModel:
+        """The version that would answer (name, version) now (metadata, logs)."""
+        return self.registry.get(name, version)
+
+    async def infer(self, name: str | None, version: int | None, inputs: Sequence[Any],
+                    timeout_s: float, client_gone: ClientGone | None = None) -> InferenceResult:
+        # no await between the lookup and the submit inside infer(): a version swap
+        # happens before or after this request, never during it
+        return await self.registry.get(name, version).infer(inputs, timeout_s, client_gone)

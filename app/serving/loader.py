@@ -1,0 +1,116 @@
+"""A verified `ModelSource` -> a complete `LoadedModel` (pipeline, session, batch limits
+resolved once, warm-up), or a `LoadError` that names why and changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from app.metrics import Metrics, ModelObserver, RequestObserver
+from app.pipelines import build_pipeline
+from app.repository import ModelSource
+from app.runtime.batcher import BatchLimits, BatchQueue
+from app.runtime.memory import rss_mb
+from app.runtime.session import CPU, DeviceError, create_session
+from app.serving.model import LoadedModel
+from app.settings import Settings, resolved_instances, resolved_intra_op_threads
+
+log = logging.getLogger("ortserve.loader")
+
+# Memory a version takes, as a multiple of its model file's size, for the budget check
+# before it loads (ONNX Runtime holds the weights plus its pre-packed copies of them;
+# tests/test_registry.py measures a model's real footprint).
+MEMORY_PER_FILE_BYTE = 2.0
+
+
+class LoadError(Exception):
+    """A version that cannot serve; `reason` is a short label for the failure metric."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+def resolve_limits(settings: Settings, source: ModelSource) -> BatchLimits:
+    """Per-model setting, else the manifest's value, else the server-wide setting."""
+    manifest = source.manifest.batching if source.manifest else None
+    override = settings.batching.get(source.name)
+
+    def pick(key: str):
+        for layer in (override, manifest):
+            if layer is not None and getattr(layer, key) is not None:
+                return getattr(layer, key)
+        return getattr(settings, key)
+
+    return BatchLimits(max_batch_size=pick("max_batch_size"),
+                       max_batch_tokens=pick("max_batch_tokens"),
+                       max_delay_ms=pick("max_delay_ms"),
+                       max_queue_size=pick("max_queue_size"))
+
+
+def check_memory(settings: Settings, source: ModelSource) -> None:
+    if not settings.memory_budget_mb or not source.manifest or not source.model_file:
+        return
+    need = source.manifest.artifacts[source.model_file].bytes * MEMORY_PER_FILE_BYTE / 2**20
+    used = rss_mb()
+    if used + need > settings.memory_budget_mb:
+        raise LoadError("memory", f"needs about {need:.0f} MB on top of the {used:.0f} MB in "
+                                  f"use, over the memory budget of "
+                                  f"{settings.memory_budget_mb} MB "
+                                  "(ORTSERVE_MEMORY_BUDGET_MB); unload a version first")
+
+
+def check_outputs(source: ModelSource, shape: list) -> None:
+    """The graph's output width must match the manifest: one column per label, or one
+    value for a regressor."""
+    m = source.manifest
+    width = shape[-1] if len(shape) >= 2 else 1
+    want = len(m.labels) if m.labels else 1
+    if isinstance(width, int) and width != want:
+        what = f"{want} labels" if m.labels else "a regressor (one value)"
+        raise LoadError("outputs", f"the graph's output has {width} columns but the manifest "
+                                   f"declares {what}")
+
+
+async def load(source: ModelSource, settings: Settings, metrics: Metrics) -> LoadedModel:
+    """Build, check and warm one version. Raises LoadError (or DeviceError in strict mode)."""
+    if source.error or source.manifest is None or source.verified is None:
+        raise LoadError("verify", source.error or "not verified")
+    check_memory(settings, source)
+    s, m = settings, source.manifest
+    t0, rss0 = time.perf_counter(), rss_mb()
+    try:
+        pipeline = await asyncio.to_thread(
+            build_pipeline, m, source.path, s.max_text_chars, s.truncate_text, s.max_inputs,
+            s.max_rows, source.verified)
+        session = await asyncio.to_thread(
+            create_session, source.verified[source.model_file], s.device, s.strict_device,
+            s.tensorrt, resolved_intra_op_threads(s), s.inter_op_threads,
+            s.ort_allow_spinning, None, m.outputs.get("name"))
+    except DeviceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to build is this version's
+        raise LoadError("session", f"cannot load: {type(exc).__name__}: {exc}") from exc
+    finally:
+        source.verified = None  # ONNX Runtime and the tokenizer keep their own copies
+    check_outputs(source, session.output_shape)
+    limits = resolve_limits(s, source)
+    labels = (source.name, str(source.version))
+    queue = BatchQueue(lambda payloads: pipeline.run_batch(session.run, payloads), limits,
+                       ModelObserver(metrics, *labels), name=source.name,
+                       instances=resolved_instances(s, session.provider != CPU))
+    try:
+        if s.warmup:
+            for payloads in pipeline.warmup_payloads(limits.max_batch_size):
+                await queue.warm_up(payloads[:limits.max_batch_size])
+    except Exception as exc:  # noqa: BLE001
+        await queue.close()
+        raise LoadError("warmup", f"warm-up failed: {type(exc).__name__}: {exc}") from exc
+    queue.start()
+    model = LoadedModel(source, pipeline, session, queue, limits,
+                        RequestObserver(metrics, *labels),
+                        round(time.perf_counter() - t0, 3), round(rss_mb() - rss0, 1))
+    log.info("model %s version %s ready on %s in %.2f s", source.name, source.version,
+             session.provider, model.load_seconds)
+    return model

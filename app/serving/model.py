@@ -1,0 +1,198 @@
+"""A loaded model version: immutable once built, it answers `infer()` until drained.
+
+`LoadedModel.infer` runs inputs through pre-processing, the batch queue and the session,
+and returns typed outputs (one array row per input, plus the labels); it records the
+request's outcome in the metrics. Each API encodes the result its own way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.errors import (
+    CLIENT_ERRORS,
+    ClientCancelled,
+    DeadlineExceeded,
+    InferenceFailed,
+    ModelNotReady,
+    QueueFull,
+    ServingError,
+)
+from app.manifest import Manifest
+from app.metrics import RequestObserver
+from app.pipelines import Pipeline
+from app.repository import ModelSource
+from app.runtime.batcher import BatchLimits, BatchQueue, Job
+from app.runtime.session import ModelSession
+
+log = logging.getLogger("ortserve.models")
+
+# For a model whose batches run inline (tiny ones), a request still waiting after this long
+# starts listening for its client going away; one answered sooner never pays for the
+# listener. Requests to models that run in threads listen from the start, so that a client
+# who leaves while queued is dropped before its input runs.
+WATCH_AFTER_S = 0.25
+
+ClientGone = Callable[[], Awaitable[Any]]
+
+
+class _Guard:
+    """Fails a job at its deadline, or when its client leaves.
+
+    Timer callbacks, not tasks raced against the job: a request answered within
+    `watch_after` seconds never starts the task that listens for its client going away.
+    One timer at a time: first the watch's start, then the deadline.
+    """
+
+    def __init__(self, job: Job, timeout_s: float, client_gone: ClientGone | None,
+                 watch_after: float) -> None:
+        self._job, self._timeout_s, self._client_gone = job, timeout_s, client_gone
+        self._loop = asyncio.get_running_loop()
+        self._expires = self._loop.time() + timeout_s
+        self._watch: asyncio.Future | None = None
+        if client_gone is None or timeout_s <= watch_after:
+            self._timer = self._loop.call_later(timeout_s, self._expire)
+        elif watch_after > 0:
+            self._timer = self._loop.call_later(watch_after, self._start_watch)
+        else:
+            self._start_watch()
+
+    def _expire(self) -> None:
+        self._job.fail(DeadlineExceeded(f"no answer within {self._timeout_s:.3g} s; the "
+                                        "request was dropped from the queue"))
+
+    def _start_watch(self) -> None:
+        self._watch = asyncio.ensure_future(self._client_gone())
+        self._watch.add_done_callback(self._client_left)
+        self._timer = self._loop.call_at(self._expires, self._expire)
+
+    def _client_left(self, task: asyncio.Future) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self._job.fail(ClientCancelled("the client disconnected while its request "
+                                           "was queued"))
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResult:
+    """What a model answered for one request: one output row per input, in input order."""
+
+    model: str
+    version: int
+    kind: str
+    labels: list[str] | None
+    outputs: Sequence[np.ndarray]
+    queue_s: float
+    inference_s: float
+
+
+class LoadedModel:
+    """One version of one model, ready to serve: source, pipeline, session and queue."""
+
+    def __init__(self, source: ModelSource, pipeline: Pipeline, session: ModelSession,
+                 queue: BatchQueue, limits: BatchLimits, observer: RequestObserver,
+                 load_seconds: float, memory_mb: float | None) -> None:
+        assert source.manifest is not None and source.version is not None
+        self.source = source
+        self.manifest: Manifest = source.manifest
+        self.name, self.version = source.name, source.version
+        self.pipeline, self.session, self.queue = pipeline, session, queue
+        self.limits, self.observer = limits, observer
+        self.load_seconds, self.memory_mb = load_seconds, memory_mb
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._accepting = True
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.manifest.labels
+
+    @property
+    def metric_labels(self) -> tuple[str, str]:
+        """(model, version) as the Prometheus metrics label them."""
+        return self.name, str(self.version)
+
+    async def infer(self, inputs: Sequence[Any], timeout_s: float,
+                    client_gone: ClientGone | None = None) -> InferenceResult:
+        """Run inputs through the model. Everything up to the queue is synchronous, so a
+        caller that looked this model up in the registry submits before any other task
+        runs (a version swap cannot slip in between)."""
+        t0 = time.perf_counter()
+        outcome = "server_error"
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            if not self._accepting:
+                raise ModelNotReady(f"model {self.name} version {self.version} is draining")
+            payloads, costs = self.pipeline.preprocess(inputs)
+            job = self.queue.submit(payloads, costs)
+            guard = _Guard(job, timeout_s, client_gone,
+                           WATCH_AFTER_S if self.queue.runs_inline else 0.0)
+            try:
+                outputs = await job.future
+            except ServingError:
+                raise
+            except Exception as exc:
+                log.exception("model %s version %s: batch failed", self.name, self.version)
+                raise InferenceFailed(f"model {self.name} failed on this batch: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+            finally:
+                guard.cancel()
+            outcome = "success"
+            queue_s = (job.started_at or job.enqueued_at) - job.enqueued_at
+            self.observer.predicted(len(outputs), queue_s)
+            return InferenceResult(self.name, self.version, self.kind, self.labels, outputs,
+                                   queue_s, job.inference_s)
+        except QueueFull:
+            outcome = "rejected"
+            raise
+        except DeadlineExceeded:
+            outcome = "timeout"
+            raise
+        except ClientCancelled:
+            outcome = "cancelled"
+            raise
+        except CLIENT_ERRORS:
+            outcome = "client_error"
+            raise
+        finally:
+            self.observer.request_done(outcome, time.perf_counter() - t0)
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def drain(self) -> None:
+        """Stop taking requests; return once every accepted one has been answered."""
+        self._accepting = False
+        await self._idle.wait()
+        await self.queue.drain()
+
+    async def close(self) -> None:
+        await self.queue.close()
+
+    def describe(self) -> dict:
+        """The facts `/models` reports about this version."""
+        s, src = self.session, self.source
+        return {
+            "name": self.name, "version": self.version, "kind": self.kind,
+            "variant": src.variant, "model_file": src.model_file,
+            "provider": s.provider, "providers": s.providers, "requested_providers": s.requested,
+            "batching": vars(self.limits), "instances": self.queue.instances,
+            "load_seconds": self.load_seconds, "memory_mb": self.memory_mb,
+        }
