@@ -68,13 +68,31 @@ def build_text_model(path: Path, vocab_size: int, seed: int = 0) -> np.ndarray:
     return emb
 
 
-def build_rows_model(path: Path, n_features: int, classifier: bool, seed: int = 0) -> None:
+def build_rows_model(path: Path, n_features: int, classifier: bool, seed: int = 0,
+                     hidden: int = 0) -> None:
     rng = np.random.default_rng(seed)
     out = 2 if classifier else 1
     w = rng.normal(0, 1, (n_features, out)).astype(np.float32)
     b = rng.normal(0, 1, (out,)).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["features", "w"], ["z"]),
              helper.make_node("Add", ["z", "b"], ["logits" if classifier else "value"])]
+    weights = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    if hidden:
+        # features -> hidden -> hidden (x 1e-6) -> summed into z: changes nothing visible,
+        # but every weight is used, so ONNX Runtime keeps them all in memory
+        h1 = rng.normal(0, 1, (n_features, hidden)).astype(np.float32)
+        h2 = rng.normal(0, 1, (hidden, hidden)).astype(np.float32)
+        nodes[0:1] = [
+            helper.make_node("MatMul", ["features", "h1"], ["a"]),
+            helper.make_node("MatMul", ["a", "h2"], ["a2"]),
+            helper.make_node("ReduceSum", ["a2", "axis1"], ["s"], keepdims=1),
+            helper.make_node("Mul", ["s", "tiny"], ["s2"]),
+            helper.make_node("MatMul", ["features", "w"], ["z0"]),
+            helper.make_node("Add", ["z0", "s2"], ["z"]),
+        ]
+        weights += [numpy_helper.from_array(h1, "h1"), numpy_helper.from_array(h2, "h2"),
+                    numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+                    numpy_helper.from_array(np.array(1e-12, dtype=np.float32), "tiny")]
     if classifier:
         nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1))
     name = "probabilities" if classifier else "value"
@@ -82,7 +100,7 @@ def build_rows_model(path: Path, n_features: int, classifier: bool, seed: int = 
         nodes, "tiny-rows",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_features])],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", out])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+        weights)
     _save(graph, path)
 
 
@@ -91,6 +109,38 @@ def _save(graph, path: Path) -> None:
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+
+
+def add_unrunnable_model(root: Path, name: str, version: int) -> Path:
+    """A classifier that loads but fails on every input (a Gather past its table): its
+    warm-up fails."""
+    folder = root / name / str(version)
+    folder.mkdir(parents=True)
+    nodes = [
+        helper.make_node("Slice", ["features", "s0", "s1", "ax1"], ["f0"]),
+        helper.make_node("Cast", ["f0"], ["i0"], to=TensorProto.INT64),
+        helper.make_node("Add", ["i0", "five"], ["i5"]),
+        helper.make_node("Gather", ["table", "i5"], ["g"], axis=0),
+        helper.make_node("Reshape", ["g", "shape"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "unrunnable",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", len(FEATURES)])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(np.zeros((2, 2), dtype=np.float32), "table"),
+         numpy_helper.from_array(np.array([0], dtype=np.int64), "s0"),
+         numpy_helper.from_array(np.array([1], dtype=np.int64), "s1"),
+         numpy_helper.from_array(np.array([1], dtype=np.int64), "ax1"),
+         numpy_helper.from_array(np.array(5, dtype=np.int64), "five"),
+         numpy_helper.from_array(np.array([-1, 2], dtype=np.int64), "shape")])
+    _save(graph, folder / "model.onnx")
+    write_manifest(folder, {
+        "name": name, "version": version, "kind": "tabular-classification",
+        "labels": ["no", "yes"],
+        "inputs": {"type": "features", "features": [{"name": f} for f in FEATURES]},
+        "outputs": {"name": "probabilities"}, "model_file": "model.onnx"})
+    return folder
 
 
 def write_manifest(folder: Path, manifest: dict) -> dict:
@@ -103,10 +153,11 @@ def write_manifest(folder: Path, manifest: dict) -> dict:
 
 def add_text_model(root: Path, name: str = "sentiment", version: int = 1,
                    max_length: int = 16, batching: dict | None = None) -> Path:
+    """Each version has its own weights (seed version - 1), so answers tell them apart."""
     folder = root / name / str(version)
     folder.mkdir(parents=True)
     tok = build_tokenizer(folder / "tokenizer.json")
-    build_text_model(folder / "model.onnx", tok.get_vocab_size())
+    build_text_model(folder / "model.onnx", tok.get_vocab_size(), seed=version - 1)
     write_manifest(folder, {
         "name": name, "version": version, "kind": "text-classification",
         "labels": TEXT_LABELS, "inputs": {"type": "text", "max_length": max_length},
@@ -118,10 +169,13 @@ def add_text_model(root: Path, name: str = "sentiment", version: int = 1,
 
 
 def add_rows_model(root: Path, name: str, classifier: bool, version: int = 1,
-                   batching: dict | None = None) -> Path:
+                   batching: dict | None = None, hidden: int = 0) -> Path:
+    """Each version has its own weights (seed version - 1). `hidden` > 0 adds a hidden
+    layer of that width (a hidden x hidden weight matrix: a model of visible size)."""
     folder = root / name / str(version)
     folder.mkdir(parents=True)
-    build_rows_model(folder / "model.onnx", len(FEATURES), classifier)
+    build_rows_model(folder / "model.onnx", len(FEATURES), classifier, seed=version - 1,
+                     hidden=hidden)
     write_manifest(folder, {
         "name": name, "version": version,
         "kind": "tabular-classification" if classifier else "tabular-regression",

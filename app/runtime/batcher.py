@@ -90,6 +90,10 @@ def _outcome(future: asyncio.Future) -> tuple[Sequence[Any], float] | BaseExcept
     return future.exception() or future.result()
 
 
+def _closed(payloads: list[Any]) -> Sequence[Any]:
+    raise ModelNotReady("model was unloaded")
+
+
 class BatchQueue:
     """Queue + worker for one model. `run_batch(payloads) -> outputs` runs in a thread;
     up to `instances` batches run at once."""
@@ -321,8 +325,10 @@ class BatchQueue:
                 await self._worker
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+            self._worker = None  # the cancelled task and its traceback refer back to us
         while self._queue:
             job, _ = self._queue.popleft()
             if not job.future.done():
                 job.future.set_exception(ModelNotReady("model was unloaded"))
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._run_batch = _closed  # let go of the model (session, weights) at once

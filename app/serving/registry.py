@@ -290,8 +290,14 @@ class ModelRegistry:
         candidates = [v for v in candidates if v not in rec.excluded]
         sources: dict[int, ModelSource] = {}
         failed_now = False
+        looked_at: dict[int, bool] = {}
 
         async def usable(v: int) -> bool:
+            if v not in looked_at:
+                looked_at[v] = await check(v)
+            return looked_at[v]
+
+        async def check(v: int) -> bool:
             """Ready and still on disk, or verified now (its source kept for loading)."""
             nonlocal failed_now
             if v in ready:
@@ -384,6 +390,8 @@ class ModelRegistry:
             await model.close()
             self._info(model, None)
             vr.model, vr.state, vr.reason = None, UNLOADED, None
+            if not (self.root / rec.name / str(v)).is_dir():
+                del rec.versions[v]  # gone from disk too: nothing left to report
             self.metrics.forget(rec.name, str(v))
             del model
             release_freed_memory()
