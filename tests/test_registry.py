@@ -199,3 +199,57 @@ async def test_deleting_the_newest_folder_rolls_back_on_load(make_client, repo):
     r = await client.post("/repository/models/tabular/load", headers=ADMIN)
     assert r.json()["version"] == 1 and (await _predict(client))["version"] == 1
     assert ("tabular", 2) not in await _index(client)
+
+
+async def _until(check, timeout: float = 20.0) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+async def test_polling_never_notices_a_half_copied_folder(make_client, repo, tmp_path):
+    import asyncio
+
+    client = await make_client(admin_keys="admin-secret", repository_poll_s=0.1)
+    source = add_rows_model(tmp_path / "elsewhere", "tabular", classifier=True, version=2)
+    target = repo / "tabular" / "2"
+    target.mkdir()
+    for f in sorted(source.iterdir()):  # copied file by file, as `cp -r` would
+        shutil.copyfile(f, target / f.name)
+        await asyncio.sleep(0.1)
+        assert (await _predict(client))["version"] == 1
+    await _until(lambda: _served(client, 2))
+    text = (await client.get("/metrics")).text
+    assert "ortserve_model_load_failures_total{" not in text  # never seen half-copied
+
+
+async def _served(client, version: int) -> bool:
+    return (await _predict(client))["version"] == version
+
+
+async def test_polling_counts_a_broken_version_once_and_retries_when_it_changes(make_client,
+                                                                                 repo):
+    import asyncio
+
+    client = await make_client(admin_keys="admin-secret", repository_poll_s=0.05)
+    folder = add_rows_model(repo, "tabular", classifier=True, version=2)
+    good = (folder / "model.onnx").read_bytes()
+    _corrupt(folder)
+    key = 'ortserve_model_load_failures_total{model="tabular",reason="verify"}'
+
+    async def failed() -> bool:
+        text = (await client.get("/metrics")).text
+        return key in text
+
+    await _until(failed)
+    await asyncio.sleep(0.5)  # many more polls
+    assert metric_value((await client.get("/metrics")).text, key) == 1
+    assert (await _predict(client))["version"] == 1
+    assert (await client.get("/health/ready")).status_code == 200
+    (folder / "model.onnx").write_bytes(good)  # fixed in place: the folder changed
+    await _until(lambda: _served(client, 2))
+    assert (await _index(client))[("tabular", 1)]["state"] == "unloaded"
