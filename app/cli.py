@@ -54,6 +54,31 @@ def _check(a: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _import(a: argparse.Namespace) -> int:
+    """Check a graph and publish it as the model's next version; exit 2 when it cannot
+    serve as declared (one line on stderr saying why)."""
+    from app.importer import GraphRejected, ImportRequest, import_model
+
+    split = (lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None)  # noqa: E731
+    req = ImportRequest(model=Path(a.model), name=a.name, kind=a.kind,
+                        models_dir=Path(a.models), labels=split(a.labels),
+                        tokenizer=Path(a.tokenizer) if a.tokenizer else None,
+                        features=split(a.features), max_length=a.max_length,
+                        output=a.output, softmax={"auto": None, "yes": True,
+                                                  "no": False}[a.softmax])
+    if not req.model.is_file():
+        print(f"error: {req.model}: no such file", file=sys.stderr)
+        return 2
+    try:
+        version, folder = import_model(req)
+    except GraphRejected as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"model": a.name, "version": version, "folder": str(folder),
+                      "test_metrics": None, "note": "imported: no test metrics"}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ortserve", description="ONNX model server.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -75,6 +100,24 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="verify manifests and hashes of a model repository")
     c.add_argument("--models", default=os.environ.get("ORTSERVE_MODELS_DIR", "models"))
     c.set_defaults(func=_check)
+    i = sub.add_parser("import", help="check an ONNX graph and publish it as a model's next "
+                                       "version (no trainer needed)")
+    i.add_argument("model", help="the .onnx file")
+    i.add_argument("--name", required=True, help="model name ([a-z0-9][a-z0-9_-]*)")
+    i.add_argument("--kind", required=True, choices=("text-classification",
+                                                     "tabular-classification",
+                                                     "tabular-regression"))
+    i.add_argument("--labels", help="class names in output order, comma-separated")
+    i.add_argument("--tokenizer", help="tokenizer.json (text-classification)")
+    i.add_argument("--features", help="feature names in input order, comma-separated "
+                                      "(default f0..fN-1 when the graph fixes N)")
+    i.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
+    i.add_argument("--output", help="graph output to serve (default: the float one)")
+    i.add_argument("--softmax", choices=("auto", "yes", "no"), default="auto",
+                   help="apply softmax to the output (auto: when it is not probabilities)")
+    i.add_argument("--models", default=os.environ.get("ORTSERVE_MODELS_DIR", "models"),
+                   help="model repository root (ORTSERVE_MODELS_DIR, default models)")
+    i.set_defaults(func=_import)
     a = p.parse_args(argv)
     return a.func(a)
 

@@ -1,68 +1,12 @@
-"""Writes a trained model into the versioned repository `models/<name>/<version>/`.
-
-A version is assembled in a hidden temporary folder beside its final place and renamed
-into place only once every artifact and the manifest are written, so an interrupted run
-leaves no half-written version. Existing versions are never overwritten.
-"""
+"""Writes a trained model into the versioned repository (`app/publish.py` does the
+publishing), with the provenance the trainer records."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
+from app.publish import VersionWriter, existing_versions, new_version
 
-from app.manifest import MANIFEST_FILE, NAME_PATTERN, Manifest, describe_artifact
-
-
-def existing_versions(model_dir: Path) -> list[int]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-class VersionWriter:
-    """Collects artifacts in a staging folder; `commit` publishes them as the next version."""
-
-    def __init__(self, staging: Path, model_dir: Path) -> None:
-        self.dir = staging
-        self._model_dir = model_dir
-
-    def commit(self, manifest: dict) -> tuple[int, Path]:
-        artifacts = {}
-        for f in sorted(self.dir.iterdir()):
-            if f.name != MANIFEST_FILE:
-                artifacts[f.name] = describe_artifact(f).model_dump()
-        while True:
-            version = (existing_versions(self._model_dir) or [0])[-1] + 1
-            manifest = {**manifest, "version": version, "artifacts": artifacts}
-            Manifest.model_validate(manifest)  # never publish a manifest the server rejects
-            (self.dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-            target = self._model_dir / str(version)
-            try:
-                os.mkdir(target)  # claims the number; fails if another run took it
-            except FileExistsError:
-                continue
-            os.chmod(self.dir, 0o755)  # mkdtemp creates it private
-            os.replace(self.dir, target)
-            return version, target
-
-
-@contextmanager
-def new_version(output: Path, name: str):
-    """Yield a VersionWriter; on any exception the staging folder is removed."""
-    if not NAME_PATTERN.match(name):
-        raise ValueError(f"model name {name!r} must match {NAME_PATTERN.pattern}")
-    model_dir = output / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
-    try:
-        yield VersionWriter(staging, model_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+__all__ = ["VersionWriter", "existing_versions", "new_version", "package_versions",
+           "provenance"]
 
 
 def package_versions(*names: str) -> dict[str, str]:
