@@ -7,7 +7,9 @@
    answer, not a cut connection) while the listener stays open; requests accepted before
    finish. Once none is left (or `shutdown_grace_s` has passed) the server's own shutdown
    starts.
-3. the server closes its listener and the lifespan drains and closes every model.
+3. the listeners close; connections already accepted get `LINGER_S` to deliver their
+   request (answered 503); then the server closes every connection, and the lifespan
+   drains and closes every model.
 
 What remains lost is inherent to TCP: a connection that the kernel accepted into the
 listen backlog in the instant the listener closes is reset (docs/reliability.md has the
@@ -104,6 +106,26 @@ class DrainGate:
             drain.leave()
 
 
+# After the listeners close, connections the server had already accepted get this long to
+# deliver their request (answered 503 `shutting_down`) before the server closes every
+# connection; `python -m bench drain` measures what it saves (docs/reliability.md).
+LINGER_S = 0.25
+
+
+async def _close_listeners_then_linger(previous) -> None:
+    """Stop accepting first, then give accepted connections a moment to be answered.
+
+    Under uvicorn the wrapped SIGTERM handler is `Server.handle_exit`, whose server keeps
+    its asyncio listeners in `.servers`; uvicorn's own shutdown would close the listeners
+    and, in the same step, every connection that has not yet sent its request.
+    """
+    servers = getattr(getattr(previous, "__self__", None), "servers", None) or []
+    for server in servers:
+        server.close()
+    if servers:
+        await asyncio.sleep(LINGER_S)
+
+
 def install_drain_handler(loop: asyncio.AbstractEventLoop, drain: Drain, delay_s: float,
                           grace_s: float) -> bool:
     """Wrap the server's SIGTERM handler; returns False where there is none to wrap."""
@@ -122,6 +144,7 @@ def install_drain_handler(loop: asyncio.AbstractEventLoop, drain: Drain, delay_s
         if not await drain.wait_idle(grace_s):
             log.warning("drain: %d request(s) still in flight after %.1f s", drain.inflight,
                         grace_s)
+        await _close_listeners_then_linger(previous)
         previous(sig, frame)
 
     def handler(sig, frame):

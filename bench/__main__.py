@@ -1,4 +1,4 @@
-"""`python -m bench run|probe|report|soak|drain`: benchmark the service beside its ceilings,
+"""`python -m bench run|probe|report|soak|drain|swap`: benchmark the service beside its ceilings,
 soak it, or measure a drain."""
 
 from __future__ import annotations
@@ -35,14 +35,24 @@ def latest(models: Path, name: str) -> Path:
     return versions[-1]
 
 
+FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI",
+         "avx_vnni": "AVX-VNNI"}
+
+
 def cpu_model() -> str:
+    """The CPU's name, its vector extensions that matter for int8 (AVX2, AVX-512, VNNI)
+    and the cores this process may use: figures compare only within one such host."""
+    name, flags = platform.processor() or "unknown", set()
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    found = ", ".join(v for k, v in FLAGS.items() if k in flags) or "no AVX2"
+    return f"{name} ({found}), {len(os.sched_getaffinity(0))} cores"
 
 
 def batch_stats(svc: Service, model: str, before: tuple[float, float]) -> float | None:
@@ -290,6 +300,12 @@ def soak(a: argparse.Namespace) -> int:
     return run_soak(Path(a.models), a.minutes, a.factor, Path(a.out))
 
 
+def swap(a: argparse.Namespace) -> int:
+    from bench.swap import run_swap
+
+    return run_swap(Path(a.models), a.clients, a.steady, a.seconds, a.every, Path(a.out))
+
+
 def drain(a: argparse.Namespace) -> int:
     from bench.drain import run_drain
 
@@ -335,6 +351,15 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--before", type=float, default=3.0, help="seconds of load before SIGTERM")
     d.add_argument("--out", default="docs")
     d.set_defaults(func=drain)
+    sw = sub.add_parser("swap", help="version swaps under load; writes docs/benchmarks.md's "
+                                     "swap section")
+    sw.add_argument("--models", default="models")
+    sw.add_argument("--clients", type=int, default=64)
+    sw.add_argument("--steady", type=float, default=20.0, help="seconds without swaps")
+    sw.add_argument("--seconds", type=float, default=60.0, help="seconds with swaps")
+    sw.add_argument("--every", type=float, default=5.0, help="seconds between swaps")
+    sw.add_argument("--out", default="docs")
+    sw.set_defaults(func=swap)
     a = p.parse_args(argv)
     return a.func(a)
 

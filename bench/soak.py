@@ -8,7 +8,6 @@ gets a quick 503; writes docs/reliability.md.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -89,7 +88,7 @@ def write(r: dict, out: Path, cpu: str, command: str, ok: bool) -> None:
         "capacity measured just before (wrk, 64 clients, one tweet per request) for the whole "
         "run. Every accepted answer is compared with the same model run in-process (label and "
         f"scores within {SCORE_TOLERANCE:g}).", "",
-        f"- machine: {cpu}, {os.cpu_count()} cores (client and server share them)",
+        f"- machine: {cpu} (client and server share them)",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- command: `{command}`", "",
         "| figure | value |", "| --- | --- |",
