@@ -253,3 +253,21 @@ async def test_polling_counts_a_broken_version_once_and_retries_when_it_changes(
     (folder / "model.onnx").write_bytes(good)  # fixed in place: the folder changed
     await _until(lambda: _served(client, 2))
     assert (await _index(client))[("tabular", 1)]["state"] == "unloaded"
+
+
+def test_with_several_workers_the_api_refuses_changes_that_would_reach_one(repo, tmp_path):
+    import httpx
+
+    from tests.servers import ServiceProcess
+
+    svc = ServiceProcess(repo, tmp_path / "log", workers=2, ORTSERVE_ADMIN_KEYS="admin-secret",
+                         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
+    try:
+        svc.wait_ready()
+        r = httpx.post(f"{svc.url}/repository/models/tabular/unload", headers=ADMIN, timeout=30)
+        assert r.status_code == 409 and "poll mode" in r.json()["error"]["message"]
+        r = httpx.post(f"{svc.url}/predict", json={"model": "tabular", "inputs": [ROW]},
+                       timeout=30)
+        assert r.status_code == 200
+    finally:
+        svc.terminate()

@@ -13,10 +13,10 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Request
 
 from app.api.errors import error_response
-from app.api.schemas import LoadRequest, ModelSummary, RepositoryIndex
+from app.api.schemas import ErrorResponse, LoadRequest, ModelSummary, RepositoryIndex
 from app.api.v1.models import ModelName
-from app.api.v1.predict import ERRORS
 from app.errors import ServingError
+from app.settings import resolved_workers
 from app.state import AppState, get_state
 
 router = APIRouter(prefix="/repository", tags=["repository"])
@@ -49,7 +49,7 @@ class _Unauthorized(ServingError):
 
 
 Admin = Depends(require_admin)
-RESPONSES = {c: ERRORS[c] for c in (401, 403, 404, 422)}
+RESPONSES = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409, 422)}
 
 
 @router.get("/index", response_model=RepositoryIndex, dependencies=[Admin],
@@ -59,6 +59,14 @@ async def index(state: Annotated[AppState, Depends(get_state)]):
 
 
 async def _change(state: AppState, name: str, body: LoadRequest | None, load: bool):
+    workers = resolved_workers(state.settings)
+    if workers > 1:
+        # each worker process has its own registry: a change would reach only the one
+        # that answered; polling reaches them all
+        return error_response("conflict", f"the server runs {workers} worker processes and "
+                              "a change through this API would reach only one of them; use "
+                              "the poll mode (ORTSERVE_REPOSITORY_POLL_S) with several "
+                              "workers", 409)
     version = body.version if body else None
     reg = state.registry
     rec = await (reg.load(name, version) if load else reg.unload(name, version))
