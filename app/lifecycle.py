@@ -4,9 +4,9 @@
    sending; work is still accepted, and every response closes its connection, so a client
    never finds its idle keep-alive connection cut later.
 2. stopping: new requests are answered 503 `shutting_down` with `Connection: close` (an
-   answer, not a cut connection) while the listener stays open; requests accepted before
-   finish. Once none is left (or `shutdown_grace_s` has passed) the server's own shutdown
-   starts.
+   answer, not a cut connection; held until the listener has closed, see DrainGate)
+   while the listener stays open; requests accepted before finish. Once none is left (or
+   `shutdown_grace_s` has passed) the server's own shutdown starts.
 3. the listeners close; connections already accepted get `LINGER_S` to deliver their
    request (answered 503); then the server closes every connection, and the lifespan
    drains and closes every model.
@@ -40,6 +40,8 @@ class Drain:
         self.phase = SERVING
         self.inflight = 0
         self._idle: asyncio.Event | None = None
+        self._closed: asyncio.Event | None = None
+        self.hold_s = 30.0  # longest a refused request is held (see DrainGate)
 
     @property
     def draining(self) -> bool:
@@ -49,8 +51,24 @@ class Drain:
         if self.phase == SERVING:
             self.phase = DRAINING
 
-    def stop_accepting(self) -> None:
+    def stop_accepting(self, hold_s: float = 0.0) -> None:
         self.phase = STOPPING
+        self.hold_s = hold_s
+
+    def listeners_closed(self) -> None:
+        self._get_closed().set()
+
+    def _get_closed(self) -> asyncio.Event:
+        if self._closed is None:
+            self._closed = asyncio.Event()
+        return self._closed
+
+    async def until_listeners_closed(self) -> None:
+        """Hold a refused request until the server stops accepting (at most `hold_s`)."""
+        try:
+            await asyncio.wait_for(self._get_closed().wait(), self.hold_s)
+        except TimeoutError:
+            pass
 
     def enter(self) -> None:
         self.inflight += 1
@@ -74,7 +92,13 @@ class Drain:
 
 class DrainGate:
     """ASGI middleware: counts requests in flight, closes connections after each response
-    once draining, and answers 503 to new work once stopping (health and metrics stay)."""
+    once draining, and answers 503 to new work once stopping (health and metrics stay).
+
+    A request refused while stopping is answered only once the listeners have closed: a
+    client that ignores readiness would otherwise reconnect at once and, at the instant
+    the listener closes, sit in the kernel's accept queue, where its request is reset.
+    Held, it waits on a connection the server owns and then gets its 503.
+    """
 
     def __init__(self, app, drain: Drain, exempt: tuple[str, ...] = ("/health/", "/metrics")):
         self.app = app
@@ -86,6 +110,7 @@ class DrainGate:
             return await self.app(scope, receive, send)
         drain = self.drain
         if drain.phase == STOPPING and not scope["path"].startswith(self.exempt):
+            await drain.until_listeners_closed()
             body = orjson.dumps(error_body(
                 "shutting_down", "the server is shutting down; retry on another replica"))
             await send({"type": "http.response.start", "status": 503, "headers": [
@@ -112,7 +137,7 @@ class DrainGate:
 LINGER_S = 0.25
 
 
-async def _close_listeners_then_linger(previous) -> None:
+async def _close_listeners_then_linger(previous, drain: Drain) -> None:
     """Stop accepting first, then give accepted connections a moment to be answered.
 
     Under uvicorn the wrapped SIGTERM handler is `Server.handle_exit`, whose server keeps
@@ -122,6 +147,7 @@ async def _close_listeners_then_linger(previous) -> None:
     servers = getattr(getattr(previous, "__self__", None), "servers", None) or []
     for server in servers:
         server.close()
+    drain.listeners_closed()  # held 503s go out now
     if servers:
         await asyncio.sleep(LINGER_S)
 
@@ -138,13 +164,13 @@ def install_drain_handler(loop: asyncio.AbstractEventLoop, drain: Drain, delay_s
 
     async def stop_then_shut_down(sig, frame) -> None:
         await asyncio.sleep(delay_s)
-        drain.stop_accepting()
+        drain.stop_accepting(hold_s=grace_s)
         log.info("drain: answering new requests 503; waiting for %d in flight",
                  drain.inflight)
         if not await drain.wait_idle(grace_s):
             log.warning("drain: %d request(s) still in flight after %.1f s", drain.inflight,
                         grace_s)
-        await _close_listeners_then_linger(previous)
+        await _close_listeners_then_linger(previous, drain)
         previous(sig, frame)
 
     def handler(sig, frame):

@@ -309,7 +309,7 @@ def swap(a: argparse.Namespace) -> int:
 def drain(a: argparse.Namespace) -> int:
     from bench.drain import run_drain
 
-    return run_drain(Path(a.models), a.clients, a.before, Path(a.out))
+    return run_drain(Path(a.models), a.clients, a.before, a.runs, Path(a.out))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--models", default="models")
     d.add_argument("--clients", type=int, default=64)
     d.add_argument("--before", type=float, default=3.0, help="seconds of load before SIGTERM")
+    d.add_argument("--runs", type=int, default=3, help="runs of each kind of client")
     d.add_argument("--out", default="docs")
     d.set_defaults(func=drain)
     sw = sub.add_parser("swap", help="version swaps under load; writes docs/benchmarks.md's "

@@ -166,13 +166,17 @@ async def test_stopping_answers_new_work_503_and_finishes_what_was_accepted(make
     assert (await client.get("/health/ready")).status_code == 503
     r = await client.post("/predict", json={"model": "tabular", "inputs": [ROW]})
     assert r.status_code == 200 and r.headers["connection"] == "close"
-    drain.stop_accepting()
-    r = await client.post("/predict", json={"model": "tabular", "inputs": [ROW]})
-    assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
-    assert r.headers["connection"] == "close" and r.headers["retry-after"] == "1"
+    drain.stop_accepting(hold_s=30)
+    refused = asyncio.ensure_future(client.post("/predict", json={"model": "tabular",
+                                                                   "inputs": [ROW]}))
     assert (await client.get("/health/live")).status_code == 200
     assert not accepted.done()
     assert await drain.wait_idle(30)
+    assert not refused.done()  # held until the server stops accepting connections
+    drain.listeners_closed()
+    r = await refused
+    assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+    assert r.headers["connection"] == "close" and r.headers["retry-after"] == "1"
     done = await accepted
     assert done.status_code == 200 and len(done.json()["predictions"]) == 3
     assert done.headers["connection"] == "close"
