@@ -61,7 +61,8 @@ async def test_default_policy_serves_only_the_latest(make_client, repo):
 
 async def test_repository_api_needs_the_admin_key(make_client):
     closed = await make_client()  # no admin key configured: nothing can change
-    assert (await closed.get("/repository/index")).status_code == 401
+    r = await closed.get("/repository/index")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     r = await closed.post("/repository/models/tabular/unload", headers=ADMIN)
     assert r.status_code == 403 and "ORTSERVE_ADMIN_KEYS" in r.json()["error"]["message"]
     assert (await _predict(closed))["version"] == 1

@@ -63,6 +63,8 @@ def error_response(code: str, message: str, status: int, details: Any = None,
 def serving_error_response(exc: ServingError) -> JSONResponse:
     headers = ({"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
                if exc.retry_after_s is not None else None)
+    if exc.code == "unauthorized":
+        headers = {"WWW-Authenticate": "Bearer"}
     return error_response(exc.code, exc.message, status_of(exc), exc.details, headers)
 
 

@@ -26,13 +26,17 @@ class AdminDenied(ServingError):
     code = "forbidden"
 
 
+class AdminUnauthorized(ServingError):
+    code = "unauthorized"
+
+
 async def require_admin(request: Request) -> None:
     """401 without a key, 403 with a wrong one or when no admin key is configured."""
     state: AppState = request.app.state.ortserve
     keys = [k.encode() for k in state.settings.admin_keys if k]
     header = request.headers.get("authorization", "")
     if not header[:7].lower() == "bearer " or not header[7:].strip():
-        raise _Unauthorized("missing admin key: send 'Authorization: Bearer <admin key>'")
+        raise AdminUnauthorized("missing admin key: send 'Authorization: Bearer <admin key>'")
     if not keys:
         raise AdminDenied("the repository API is off: no admin key is configured "
                           "(ORTSERVE_ADMIN_KEYS)")
@@ -42,10 +46,6 @@ async def require_admin(request: Request) -> None:
         found |= hmac.compare_digest(given, key)  # no early exit: constant time
     if not found:
         raise AdminDenied("admin key not accepted")
-
-
-class _Unauthorized(ServingError):
-    code = "unauthorized"
 
 
 Admin = Depends(require_admin)
