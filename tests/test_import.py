@@ -78,7 +78,7 @@ async def test_an_optimum_style_text_export_imports_and_serves(make_client, tmp_
     manifest = json.loads((tmp_path / "models/reviews/1/model.json").read_text())
     assert manifest["outputs"] == {"name": "logits", "softmax": True}  # found to be logits
     assert manifest["test_metrics"] == {} and "no test metrics" in manifest["provenance"]["note"]
-    client = await make_client(tmp_path / "models")
+    client = await make_client(tmp_path / "models", device="cpu")  # compared with CPU runs
     texts = ["good great day", "awful sad movie"]
     r = await client.post("/predict", json={"model": "reviews", "inputs": texts})
     assert r.status_code == 200, r.text
@@ -107,7 +107,7 @@ async def test_a_skl2onnx_style_classifier_imports_and_serves(make_client, tmp_p
     assert _import(tmp_path, str(tmp_path / "clf.onnx"), "--name", "churn", "--kind",
                    "tabular-classification", "--labels", "stay,leave") == 0
     assert (tmp_path / "models/churn/2/model.json").is_file()
-    client = await make_client(tmp_path / "models")
+    client = await make_client(tmp_path / "models", device="cpu")  # compared with CPU runs
     rows = [[0.1, 2.0, -1.0, 0.5]]
     r = await client.post("/predict", json={"model": "churn", "inputs": rows})
     assert r.status_code == 200 and r.json()["version"] == 2

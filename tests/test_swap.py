@@ -123,8 +123,9 @@ def test_swapping_versions_through_polling_fails_no_request(tmp_path):
     add_rows_model(repo, "tabular", classifier=True, version=1)
     parked = tmp_path / "parked"
     add_rows_model(parked, "tabular", classifier=True, version=2)
+    # version 2's answers are computed here on the CPU provider: the server uses it too
     svc = ServiceProcess(repo, tmp_path / "log", ORTSERVE_REPOSITORY_POLL_S="0.2",
-                         ORTSERVE_MODELS="tabular")
+                         ORTSERVE_MODELS="tabular", ORTSERVE_DEVICE="cpu")
     try:
         svc.wait_ready()
         v1 = httpx.post(f"{svc.url}/predict", json={"model": "tabular", "inputs": ROWS},
