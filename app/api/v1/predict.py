@@ -13,6 +13,15 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from app.api.errors import CLIENT_CLOSED_STATUS
+from app.api.http import (
+    MIN_TIMEOUT_S,
+    TIMEOUT_HEADER,
+    BadTimeout,
+    BodyLost,
+    client_gone,
+    read_body,
+    timeout_header,
+)
 from app.api.lean import LeanRoute
 from app.api.schemas import ErrorResponse, ModelPredictRequest, PredictRequest, PredictResponse
 from app.manifest import NAME_PATTERN
@@ -26,9 +35,6 @@ router = APIRouter(tags=["predict"], route_class=LeanRoute)
 ERRORS = {code: {"model": ErrorResponse}
           for code in (400, 401, 403, 404, 413, 422, 429, 500, 503, 504)}
 MAX_NAME_LENGTH = 128
-TIMEOUT_HEADER = "X-Request-Timeout"
-TIMEOUT_KEY = TIMEOUT_HEADER.lower().encode("latin-1")
-MIN_TIMEOUT_S = 0.05
 
 
 def _openapi(body: type[BaseModel], path_name: bool = False) -> dict:
@@ -50,56 +56,23 @@ def _openapi(body: type[BaseModel], path_name: bool = False) -> dict:
 
 
 def _timeout(request: Request) -> float | None:
-    for key, value in request.scope["headers"]:  # ASGI header names are lower-case bytes
-        if key == TIMEOUT_KEY:
-            raw = value.decode("latin-1")
-            break
-    else:
-        return None
     try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not MIN_TIMEOUT_S <= value < float("inf"):
+        return timeout_header(request)
+    except BadTimeout as exc:
         raise RequestValidationError([{
             "type": "greater_than_equal", "loc": ("header", TIMEOUT_HEADER),
-            "msg": f"must be a number of seconds >= {MIN_TIMEOUT_S}", "input": raw}])
-    return value
-
-
-class _BodyLost(Exception):
-    """The client went away (or was refused) before the body was read."""
-
-
-async def _read_body(request: Request) -> bytes:
-    """The whole body, straight from the ASGI messages (Starlette's `Request.body()` goes
-    through an async generator, a tenth of a small model's request time)."""
-    chunks = []
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise _BodyLost
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            "msg": f"must be a number of seconds >= {MIN_TIMEOUT_S}", "input": exc.raw}]
+        ) from None
 
 
 async def _parse(request: Request, body: type[BodyT]) -> BodyT:
-    raw = await _read_body(request)
+    raw = await read_body(request)
     try:
         return body.model_validate_json(raw)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         ) from None
-
-
-async def _client_gone(request: Request) -> None:
-    """Resolves when the client disconnects (the body has already been read)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 def encode(labels: list[str] | None, outputs: Sequence[np.ndarray]) -> list[dict]:
@@ -128,7 +101,7 @@ async def _predict(request: Request, name: str | None, version: int | None,
     if timeout is not None:
         deadline = min(deadline, timeout)
     result = await state.dataplane.infer(name, version, inputs, deadline,
-                                         lambda: _client_gone(request))
+                                         lambda: client_gone(request))
     log_fields["model"], log_fields["version"] = result.model, result.version
     return JSONResponse({
         "model": result.model, "version": result.version,
@@ -143,7 +116,7 @@ async def _serve(request: Request, body_type: type[PredictRequest | ModelPredict
     """Both predict routes: read the body, then predict with the path's or the body's model."""
     try:
         body = await _parse(request, body_type)
-    except _BodyLost:
+    except BodyLost:
         return Response(status_code=CLIENT_CLOSED_STATUS)
     return await _predict(request, name or getattr(body, "model", None), body.version,
                           body.inputs)
