@@ -17,6 +17,8 @@ from app.api import metrics as metrics_api
 from app.api.admin import repository
 from app.api.errors import install_handlers
 from app.api.v1 import models, predict
+from app.api.v2 import repository as v2_repository
+from app.api.v2 import rest as v2_rest
 from app.auth import AuthMiddleware, KeyStore
 from app.lifecycle import Drain, DrainGate, install_drain_handler
 from app.logs import configure_logging
@@ -96,13 +98,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   **_telemetry(settings.otel))
     install_handlers(app)
     for r in (predict.router, models.router, health.router, metrics_api.router,
-              repository.router):
+              repository.router, v2_rest.router, v2_repository.router):
         app.include_router(r)
     # Starlette runs the last added middleware first: request context, drain gate, CORS,
     # auth, app.
     app.add_middleware(AuthMiddleware, keys=KeyStore(settings.api_keys, settings.api_keys_file),
                        exempt=settings.auth_exempt_paths, rate=settings.rate_limit_per_s,
-                       burst=settings.rate_limit_burst, own_auth=("/repository/",))
+                       burst=settings.rate_limit_burst,
+                       own_auth=("/repository/", "/v2/repository/"))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"],

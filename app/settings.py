@@ -141,8 +141,9 @@ class Settings(BaseSettings):
         None, description="File with one API key per line; re-read when it changes "
                           "(rotation without restart).")
     auth_exempt_paths: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["/health/live", "/health/ready", "/metrics", "/docs",
-                                 "/openapi.json", "/redoc"],
+        default_factory=lambda: ["/health/live", "/health/ready", "/v2/health/live",
+                                 "/v2/health/ready", "/metrics", "/docs", "/openapi.json",
+                                 "/redoc"],
         description="Paths served without a key (comma-separated).")
     rate_limit_per_s: float = Field(0.0, ge=0, description="Per-key requests per second "
                                                            "(token bucket); 0 disables.")

@@ -38,7 +38,14 @@ OPERATIONS = ["POST /predict", "POST /models/{name}/predict", "GET /models",
               "GET /health/live", "GET /health/ready", "GET /metrics",
               # no admin key is configured: these answer 401/403 and change nothing
               "GET /repository/index", "POST /repository/models/{name}/load",
-              "POST /repository/models/{name}/unload"]
+              "POST /repository/models/{name}/unload",
+              # the Open Inference Protocol (v2)
+              "GET /v2", "GET /v2/health/live", "GET /v2/health/ready", "GET /v2/models/{name}",
+              "GET /v2/models/{name}/versions/{version}", "GET /v2/models/{name}/ready",
+              "GET /v2/models/{name}/versions/{version}/ready", "POST /v2/models/{name}/infer",
+              "POST /v2/models/{name}/versions/{version}/infer", "POST /v2/repository/index",
+              "POST /v2/repository/models/{name}/load",
+              "POST /v2/repository/models/{name}/unload"]
 
 
 def test_schema_lists_every_operation(api_schema):

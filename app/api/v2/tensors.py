@@ -1,0 +1,197 @@
+"""Open Inference Protocol tensors <-> the data plane's inputs and typed results.
+
+Shared by the REST and gRPC front ends. Each model kind has one signature: text models
+take a BYTES tensor `text` of shape [N] (or [N, 1]); feature models an FP32 (or FP64)
+tensor `features` of shape [N, features]. Classifiers answer `probabilities` FP32 [N,
+classes] and `label` BYTES [N]; regressors `value` FP32 [N]. BYTES elements travel as
+4-byte little-endian lengths, each followed by its bytes (the spec's raw format).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.errors import InvalidInput
+from app.serving.model import InferenceResult, LoadedModel
+
+PLATFORM = "onnxruntime_onnx"
+NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+         "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+         "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+FEATURE_TYPES = ("FP32", "FP64")
+# Most elements one tensor may declare: a shape is checked against it before any memory
+# is set aside for it.
+MAX_ELEMENTS = 1 << 24
+_LEN = struct.Struct("<I")
+
+
+@dataclass
+class Tensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray | list[bytes]
+
+
+def _bad(message: str, field: str) -> InvalidInput:
+    return InvalidInput(message, {"field": field})
+
+
+def elements(name: str, shape: Sequence[int]) -> int:
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise _bad(f"input {name!r}: shape {list(shape)} must be non-negative integers", name)
+    count = math.prod(shape)
+    if count > MAX_ELEMENTS:
+        raise _bad(f"input {name!r}: shape {list(shape)} has {count} elements, more than "
+                   f"{MAX_ELEMENTS}", name)
+    return count
+
+
+def decode_bytes(raw: bytes | memoryview, count: int, name: str) -> list[bytes]:
+    """`count` length-prefixed elements that must fill `raw` exactly."""
+    view, out, pos = memoryview(raw), [], 0
+    for _ in range(count):
+        if pos + 4 > len(view):
+            raise _bad(f"input {name!r}: BYTES data ends inside an element's length", name)
+        (n,) = _LEN.unpack_from(view, pos)
+        pos += 4
+        if pos + n > len(view):
+            raise _bad(f"input {name!r}: a BYTES element of {n} bytes overruns the data",
+                       name)
+        out.append(bytes(view[pos:pos + n]))
+        pos += n
+    if pos != len(view):
+        raise _bad(f"input {name!r}: {len(view) - pos} bytes left after {count} BYTES "
+                   "elements", name)
+    return out
+
+
+def encode_bytes(items: Sequence[bytes]) -> bytes:
+    return b"".join(_LEN.pack(len(b)) + b for b in items)
+
+
+def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> Tensor:
+    count = elements(name, shape)
+    if datatype == "BYTES":
+        return Tensor(name, datatype, list(shape), decode_bytes(raw, count, name))
+    dtype = NUMPY.get(datatype)
+    if dtype is None:
+        raise _bad(f"input {name!r}: unknown datatype {datatype!r}", name)
+    want = count * np.dtype(dtype).itemsize
+    if len(raw) != want:
+        raise _bad(f"input {name!r}: {len(raw)} bytes of data, shape {list(shape)} of "
+                   f"{datatype} needs {want}", name)
+    return Tensor(name, datatype, list(shape),
+                  np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")))
+
+
+def _flatten(data: Any) -> list:
+    if not isinstance(data, list):
+        return [data]
+    if data and isinstance(data[0], list):
+        return [x for part in data for x in _flatten(part)]
+    return data
+
+
+def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> Tensor:
+    count = elements(name, shape)
+    flat = _flatten(data)
+    if len(flat) != count:
+        raise _bad(f"input {name!r}: {len(flat)} values for shape {list(shape)}", name)
+    if datatype == "BYTES":
+        if not all(isinstance(x, str) for x in flat):
+            raise _bad(f"input {name!r}: BYTES data must be strings in JSON", name)
+        return Tensor(name, datatype, list(shape), [x.encode() for x in flat])
+    dtype = NUMPY.get(datatype)
+    if dtype is None:
+        raise _bad(f"input {name!r}: unknown datatype {datatype!r}", name)
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) or
+               (datatype == "BOOL" and isinstance(x, bool)) for x in flat):
+        raise _bad(f"input {name!r}: {datatype} data must be numbers", name)
+    try:
+        array = np.asarray(flat, dtype=dtype)
+    except (OverflowError, ValueError) as exc:
+        raise _bad(f"input {name!r}: {exc}", name) from None
+    return Tensor(name, datatype, list(shape), array)
+
+
+def signature(model: LoadedModel) -> tuple[list[tuple[str, str, list[int]]],
+                                           list[tuple[str, str, list[int]]]]:
+    """(inputs, outputs) as (name, datatype, shape), -1 for a variable dimension."""
+    m = model.manifest
+    if m.kind == "text-classification":
+        inputs = [("text", "BYTES", [-1])]
+    else:
+        inputs = [("features", "FP32", [-1, len(m.inputs.features or [])])]
+    if m.labels:
+        outputs = [("probabilities", "FP32", [-1, len(m.labels)]), ("label", "BYTES", [-1])]
+    else:
+        outputs = [("value", "FP32", [-1])]
+    return inputs, outputs
+
+
+def to_inputs(model: LoadedModel, tensors: Sequence[Tensor]) -> list:
+    """The request's one tensor as the data plane's inputs (texts or rows)."""
+    [(name, datatype, shape)] = signature(model)[0]
+    if len(tensors) != 1 or tensors[0].name != name:
+        got = [t.name for t in tensors]
+        raise _bad(f"model {model.name} takes one input {name!r} ({datatype} {shape}); the "
+                   f"request has {got}", "inputs")
+    t = tensors[0]
+    if name == "text":
+        if t.datatype != "BYTES" or not (len(t.shape) == 1 or
+                                         (len(t.shape) == 2 and t.shape[1] == 1)):
+            raise _bad(f"input 'text': expected BYTES of shape [N] or [N, 1], got "
+                       f"{t.datatype} {t.shape}", "text")
+        texts = []
+        for i, b in enumerate(t.data):
+            try:
+                texts.append(b.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise _bad(f"input 'text'[{i}]: not UTF-8", f"text[{i}]") from None
+        return texts
+    features = shape[1]
+    if t.datatype not in FEATURE_TYPES or len(t.shape) != 2 or t.shape[1] != features:
+        raise _bad(f"input 'features': expected FP32 or FP64 of shape [N, {features}], got "
+                   f"{t.datatype} {t.shape}", "features")
+    return np.asarray(t.data).reshape(t.shape).astype(np.float64).tolist()
+
+
+def outputs(result: InferenceResult, requested: Sequence[str] | None) -> list[Tensor]:
+    """The requested outputs (default: all of the model's) of one result."""
+    n = len(result.outputs)
+    if result.labels:
+        probs = (np.stack(result.outputs).astype(np.float32, copy=False) if n
+                 else np.zeros((0, len(result.labels)), np.float32))
+        available = {
+            "probabilities": lambda: Tensor("probabilities", "FP32", list(probs.shape), probs),
+            "label": lambda: Tensor("label", "BYTES", [n], [
+                result.labels[int(i)].encode() for i in probs.argmax(axis=1)]),
+        }
+    else:
+        values = np.asarray([float(np.asarray(r).reshape(-1)[0]) for r in result.outputs],
+                            dtype=np.float32)
+        available = {"value": lambda: Tensor("value", "FP32", [n], values)}
+    names = list(requested) if requested else list(available)
+    unknown = [x for x in names if x not in available]
+    if unknown:
+        raise _bad(f"model {result.model} has no output {unknown[0]!r} (it has "
+                   f"{list(available)})", "outputs")
+    return [available[x]() for x in names]
+
+
+def raw(t: Tensor) -> bytes:
+    return encode_bytes(t.data) if t.datatype == "BYTES" else np.ascontiguousarray(
+        t.data, dtype=np.dtype(NUMPY[t.datatype]).newbyteorder("<")).tobytes()
+
+
+def json_data(t: Tensor) -> list:
+    if t.datatype == "BYTES":
+        return [b.decode("utf-8", errors="replace") for b in t.data]
+    return np.asarray(t.data).reshape(-1).tolist()
