@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     registry = ModelRegistry(settings, metrics)
     drain = Drain()
+    keys = KeyStore(settings.api_keys, settings.api_keys_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -82,6 +83,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except DeviceError as exc:
             log.error("strict device: %s", exc)
             raise
+        grpc_server = None
+        if settings.grpc_port is not None:
+            from app.api.v2 import grpc_server as grpc_api  # see its docstring: only if used
+
+            grpc_server = await grpc_api.start(state, keys, settings.host, settings.grpc_port,
+                                               settings.max_body_bytes)
         state.started = True
         install_drain_handler(asyncio.get_running_loop(), drain, settings.drain_delay_s,
                               settings.shutdown_grace_s)
@@ -90,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         quiet_garbage_collector()
         yield
         drain.begin()
+        if grpc_server is not None:
+            await grpc_server.stop(settings.shutdown_grace_s)  # in-flight calls finish
         await registry.drain()
         await registry.close()
 
@@ -102,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(r)
     # Starlette runs the last added middleware first: request context, drain gate, CORS,
     # auth, app.
-    app.add_middleware(AuthMiddleware, keys=KeyStore(settings.api_keys, settings.api_keys_file),
+    app.add_middleware(AuthMiddleware, keys=keys,
                        exempt=settings.auth_exempt_paths, rate=settings.rate_limit_per_s,
                        burst=settings.rate_limit_burst,
                        own_auth=("/repository/", "/v2/repository/"))

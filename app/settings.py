@@ -112,6 +112,9 @@ class Settings(BaseSettings):
                                               "per CPU core (see docs/benchmarks.md).")
     host: str = Field("127.0.0.1", description="Bind address of `ortserve serve`.")
     port: int = Field(8000, ge=1, le=65535, description="Port of `ortserve serve`.")
+    grpc_port: int | None = Field(
+        None, ge=0, le=65535, description="Port of the Open Inference Protocol's gRPC API "
+                                          "(same host, same process); unset: no gRPC.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service's own logs.")
     log_format: Literal["json", "text"] = Field("json", description="JSON lines or text.")

@@ -1,0 +1,116 @@
+"""The Open Inference Protocol over gRPC, on the server's own port beside HTTP, spoken by
+Triton's own client (`tritonclient.grpc`) against a real server process."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from tests.builders import add_rows_model, add_slow_model, build_repository
+from tests.servers import ServiceProcess, free_port
+
+TEXTS = ["good great day", "awful sad movie"]
+ROWS = [[0.5, -1.0, 2.0, 0.25], [3.0, 1.0, -2.0, 0.0]]
+KEY = {"authorization": "Bearer predict-key"}
+ADMIN = {"authorization": "Bearer admin-secret"}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grpc")
+    repo = build_repository(root / "models")
+    add_rows_model(repo, "tabular", classifier=True, version=2)
+    add_slow_model(repo)
+    port = free_port()
+    svc = ServiceProcess(repo, root / "log", ORTSERVE_GRPC_PORT=str(port),
+                         ORTSERVE_API_KEYS="predict-key", ORTSERVE_ADMIN_KEYS="admin-secret",
+                         ORTSERVE_VERSION_POLICY='{"tabular": "all"}')
+    svc.grpc = f"127.0.0.1:{port}"
+    try:
+        svc.wait_ready()
+        yield svc
+    finally:
+        svc.terminate()
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    c = triton.InferenceServerClient(service.grpc)
+    yield c
+    c.close()
+
+
+def _predict(service, model: str, inputs: list, version: int | None = None) -> list[dict]:
+    body = {"model": model, "inputs": inputs} | ({"version": version} if version else {})
+    r = httpx.post(f"{service.url}/predict", json=body, headers=KEY, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"]
+
+
+def _rows(rows: list) -> triton.InferInput:
+    t = triton.InferInput("features", [len(rows), len(rows[0])], "FP32")
+    t.set_data_from_numpy(np.array(rows, dtype=np.float32))
+    return t
+
+
+def test_health_and_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("sentiment", headers=KEY)
+    assert not client.is_model_ready("nope", headers=KEY)
+    meta = client.get_server_metadata(headers=KEY, as_json=True)
+    assert meta["name"] == "ortserve" and "binary_tensor_data" in meta["extensions"]
+    model = client.get_model_metadata("tabular", headers=KEY, as_json=True)
+    assert model["versions"] == ["1", "2"] and model["platform"] == "onnxruntime_onnx"
+    assert model["inputs"] == [{"name": "features", "datatype": "FP32", "shape": ["-1", "4"]}]
+
+
+def test_infer_text_and_rows_equal_predict(client, service):
+    text = triton.InferInput("text", [len(TEXTS)], "BYTES")
+    text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object))
+    result = client.infer("sentiment", [text], headers=KEY)
+    want = _predict(service, "sentiment", TEXTS)
+    assert [x.decode() for x in result.as_numpy("label")] == [w["label"] for w in want]
+    np.testing.assert_allclose(result.as_numpy("probabilities"),
+                               [list(w["scores"].values()) for w in want], atol=1e-7)
+    result = client.infer("regression", [_rows(ROWS)], headers=KEY, request_id="r-1")
+    assert result.get_response().id == "r-1"
+    np.testing.assert_allclose(result.as_numpy("value"),
+                               [w["value"] for w in _predict(service, "regression", ROWS)],
+                               atol=1e-5)
+
+
+def test_versions_and_requested_outputs(client, service):
+    outputs = [triton.InferRequestedOutput("label")]
+    one = client.infer("tabular", [_rows(ROWS)], model_version="1", outputs=outputs,
+                       headers=KEY)
+    assert one.get_response().model_version == "1"
+    assert [o.name for o in one.get_response().outputs] == ["label"]
+    assert [x.decode() for x in one.as_numpy("label")] == [
+        w["label"] for w in _predict(service, "tabular", ROWS, 1)]
+    with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+        client.infer("tabular", [_rows(ROWS)], model_version="9", headers=KEY)
+
+
+def test_errors_auth_and_deadline_map_to_grpc_status(client):
+    with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT.*shape"):
+        client.infer("tabular", [_rows([[1.0, 2.0, 3.0]])], headers=KEY)
+    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+        client.infer("tabular", [_rows(ROWS)])
+    with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
+        client.infer("tabular", [_rows(ROWS)], headers={"authorization": "Bearer wrong"})
+    with pytest.raises(InferenceServerException, match="DEADLINE_EXCEEDED"):
+        client.infer("slow", [_rows(ROWS * 4)], headers=KEY, client_timeout=0.05)
+
+
+def test_repository_rpcs_take_the_admin_key(client):
+    index = client.get_model_repository_index(headers=ADMIN, as_json=True)
+    assert {"name": "regression", "version": "1", "state": "READY"} in index["models"]
+    with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
+        client.unload_model("regression", headers=KEY)
+    client.unload_model("regression", headers=ADMIN)
+    assert not client.is_model_ready("regression", headers=KEY)
+    client.load_model("regression", headers=ADMIN)
+    assert client.is_model_ready("regression", headers=KEY)
