@@ -23,6 +23,8 @@ MS_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.0
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 MODEL = ("model", "version")
+# The API a request came through: /predict, the Open Inference Protocol over HTTP, over gRPC
+APIS = ("v1", "v2", "grpc")
 
 OUTCOMES = ("success", "client_error", "server_error", "rejected", "timeout", "cancelled")
 
@@ -37,13 +39,14 @@ class Metrics:
             PlatformCollector(registry=self.registry)
         r = self.registry
         self.requests = Counter(
-            "ortserve_requests", "Predict requests by outcome (success, client_error, "
-            "server_error, rejected, timeout, cancelled).", (*MODEL, "outcome"), registry=r)
+            "ortserve_requests", "Predict requests by API (v1, v2, grpc) and outcome "
+            "(success, client_error, server_error, rejected, timeout, cancelled).",
+            ("api", *MODEL, "outcome"), registry=r)
         self.inputs = Counter("ortserve_inputs", "Inputs (texts or rows) predicted.", MODEL,
                               registry=r)
         self.request_latency = Histogram(
-            "ortserve_request_duration_seconds", "Predict request latency in the server.",
-            MODEL, buckets=MS_BUCKETS, registry=r)
+            "ortserve_request_duration_seconds", "Predict request latency in the server, by "
+            "API.", ("api", *MODEL), buckets=MS_BUCKETS, registry=r)
         self.queue_wait = Histogram(
             "ortserve_queue_wait_seconds", "Time from enqueue to the first batch that ran "
             "the request.", MODEL, buckets=MS_BUCKETS, registry=r)
@@ -68,9 +71,8 @@ class Metrics:
             "ortserve_model_load_failures", "Versions that failed to load, by reason (verify: "
             "manifest, file or hash; session; outputs; warmup; device; memory).",
             ("model", "reason"), registry=r)
-        self._per_version = (self.inputs, self.request_latency, self.queue_wait,
-                             self.inference, self.batch_size, self.batch_tokens,
-                             self.queue_depth, self.ready)
+        self._per_version = (self.inputs, self.queue_wait, self.inference, self.batch_size,
+                             self.batch_tokens, self.queue_depth, self.ready)
 
     def forget(self, model: str, version: str) -> None:
         """Remove an unloaded version's series (its info series is removed by its owner).
@@ -80,11 +82,16 @@ class Metrics:
                 metric.remove(model, version)
             except KeyError:
                 pass
-        for outcome in OUTCOMES:
+        for api in APIS:
             try:
-                self.requests.remove(model, version, outcome)
+                self.request_latency.remove(api, model, version)
             except KeyError:
                 pass
+            for outcome in OUTCOMES:
+                try:
+                    self.requests.remove(api, model, version, outcome)
+                except KeyError:
+                    pass
 
     def render(self) -> bytes:
         if multiprocess_enabled():
@@ -98,12 +105,13 @@ class Metrics:
 
 
 class RequestObserver:
-    """Binds the request metrics of one model once, not per request (one child per outcome;
-    every outcome is exported from the start, at 0)."""
+    """Binds the request metrics of one model once, not per request (one child per API and
+    outcome; every one is exported from the start, at 0)."""
 
     def __init__(self, metrics: Metrics, model: str, version: str) -> None:
-        self._requests = {o: metrics.requests.labels(model, version, o) for o in OUTCOMES}
-        self._latency = metrics.request_latency.labels(model, version)
+        self._requests = {(a, o): metrics.requests.labels(a, model, version, o)
+                          for a in APIS for o in OUTCOMES}
+        self._latency = {a: metrics.request_latency.labels(a, model, version) for a in APIS}
         self._inputs = metrics.inputs.labels(model, version)
         self._queue_wait = metrics.queue_wait.labels(model, version)
 
@@ -111,9 +119,9 @@ class RequestObserver:
         self._inputs.inc(inputs)
         self._queue_wait.observe(queue_wait_s)
 
-    def request_done(self, outcome: str, seconds: float) -> None:
-        self._requests[outcome].inc()
-        self._latency.observe(seconds)
+    def request_done(self, api: str, outcome: str, seconds: float) -> None:
+        self._requests[api, outcome].inc()
+        self._latency[api].observe(seconds)
 
 
 class ModelObserver:

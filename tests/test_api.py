@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from app.metrics import OUTCOMES
+from app.metrics import APIS, OUTCOMES
 from tests.builders import FEATURES, TEXT_LABELS
 from tests.servers import metric_value
 
@@ -148,9 +148,9 @@ async def test_health_and_metrics(make_client):
                            for _ in range(5)))
     after = (await client.get("/metrics")).text
 
-    key = 'ortserve_requests_total{model="sentiment",outcome="success",version="1"}'
+    key = 'ortserve_requests_total{api="v1",model="sentiment",outcome="success",version="1"}'
     assert metric_value(after, key) - metric_value(before, key) == 5
-    hist = 'ortserve_request_duration_seconds_count{model="sentiment",version="1"}'
+    hist = 'ortserve_request_duration_seconds_count{api="v1",model="sentiment",version="1"}'
     assert metric_value(after, hist) - metric_value(before, hist) == 5
     assert 'ortserve_model_info{' in after and 'provider="CPUExecutionProvider"' in after
     assert 'ortserve_model_ready{model="sentiment",version="1"} 1.0' in after
@@ -159,9 +159,11 @@ async def test_health_and_metrics(make_client):
 async def test_every_outcome_series_is_exported_at_zero_from_the_start(client):
     text = (await client.get("/metrics")).text
     for model in ("sentiment", "tabular", "regression"):
-        for outcome in OUTCOMES:
-            key = f'ortserve_requests_total{{model="{model}",outcome="{outcome}",version="1"}}'
-            assert metric_value(text, key) == 0, key
+        for api in APIS:
+            for outcome in OUTCOMES:
+                key = (f'ortserve_requests_total{{api="{api}",model="{model}",'
+                       f'outcome="{outcome}",version="1"}}')
+                assert metric_value(text, key) == 0, key
 
 
 async def test_concurrent_requests_share_model_runs(make_client):

@@ -89,7 +89,8 @@ async def test_a_failing_batch_fails_only_its_requests(make_client, repo):
     r = await client.post("/predict", json={"model": "fragile", "inputs": [good]})
     assert r.status_code == 200
     m = (await client.get("/metrics")).text
-    assert 'ortserve_requests_total{model="fragile",outcome="server_error",version="1"} 1.0' in m
+    assert ('ortserve_requests_total{api="v1",model="fragile",outcome="server_error",'
+            'version="1"} 1.0') in m
 
 
 async def test_strict_cuda_refuses_to_start_without_a_gpu(make_client):

@@ -114,7 +114,7 @@ def test_client_gone_while_queued_is_dropped_before_it_runs(repo, tmp_path):
             s.close()
         thread.join(60)
         assert codes == [200]
-        wait_until(lambda: metric_value(metrics(), 'ortserve_requests_total{model="slow",'
+        wait_until(lambda: metric_value(metrics(), 'ortserve_requests_total{api="v1",model="slow",'
                                         'outcome="cancelled"') == 4, 20, "4 cancelled")
         time.sleep(0.5)
         assert metric_value(metrics(), size_count) - base == 12  # only the busy rows ran
@@ -180,7 +180,7 @@ def test_two_workers_report_the_whole_service_in_metrics(repo, tmp_path):
         pids = {ln["pid"] for ln in lines if "ready on" in ln["message"]}
         served_by = {ln["pid"] for ln in lines
                      if ln["logger"] == "ortserve.access" and ln.get("path") == "/predict"}
-        key = 'ortserve_requests_total{model="tabular",outcome="success"'
+        key = 'ortserve_requests_total{api="v1",model="tabular",outcome="success"'
         # every scrape, whichever worker answers it, sums over both workers
         for _ in range(6):
             text = httpx.get(f"{svc.url}/metrics", timeout=10,

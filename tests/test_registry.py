@@ -47,7 +47,7 @@ async def test_policy_latest_2_serves_both_and_routes_to_the_highest(make_client
     assert (await client.get("/models/tabular/versions/7")).status_code == 404
     text = (await client.get("/metrics")).text
     for v in ("1", "2"):
-        key = f'ortserve_requests_total{{model="tabular",outcome="success",version="{v}"}}'
+        key = f'ortserve_requests_total{{api="v1",model="tabular",outcome="success",version="{v}"}}'
         assert metric_value(text, key) >= 1
 
 

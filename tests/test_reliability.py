@@ -57,7 +57,7 @@ async def test_full_queue_answers_503_with_retry_after_at_once(make_client, repo
     assert rejected.headers["retry-after"] == "1"
     assert rejected.json()["error"]["code"] == "queue_full"
     m = (await client.get("/metrics")).text
-    assert metric_value(m, 'ortserve_requests_total{model="slow",outcome="rejected"') == \
+    assert metric_value(m, 'ortserve_requests_total{api="v1",model="slow",outcome="rejected"') == \
         codes.count(503)
 
 
@@ -77,7 +77,7 @@ async def test_deadline_gives_504_and_the_item_never_runs(make_client, repo):
     await svc.queue.drain()
     assert svc.queue.batches_run - runs_before == 3  # the 504'd items never ran
     m = (await client.get("/metrics")).text
-    assert metric_value(m, 'ortserve_requests_total{model="slow",outcome="timeout"') == 1
+    assert metric_value(m, 'ortserve_requests_total{api="v1",model="slow",outcome="timeout"') == 1
 
 
 async def test_header_cannot_raise_the_server_deadline(make_client, repo):

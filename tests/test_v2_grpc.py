@@ -114,3 +114,14 @@ def test_repository_rpcs_take_the_admin_key(client):
     assert not client.is_model_ready("regression", headers=KEY)
     client.load_model("regression", headers=ADMIN)
     assert client.is_model_ready("regression", headers=KEY)
+
+
+def test_grpc_requests_are_counted_as_such(client, service):
+    from tests.servers import metric_value
+
+    client.infer("regression", [_rows(ROWS)], headers=KEY)
+    text = httpx.get(f"{service.url}/metrics", timeout=10).text
+    assert metric_value(text, 'ortserve_requests_total{api="grpc",model="regression",'
+                              'outcome="success"') >= 1
+    assert metric_value(text, 'ortserve_requests_total{api="grpc",model="tabular",'
+                              'outcome="client_error"') >= 1

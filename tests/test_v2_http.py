@@ -203,3 +203,18 @@ def test_spec_shapes_are_enforced_both_ways():
             schemas.InferenceRequest.model_validate(bad)
     with pytest.raises(ValueError):
         schemas.InferenceResponse.model_validate({"outputs": []})  # model_name is required
+
+
+def test_metrics_split_requests_by_api(client, service):
+    from tests.servers import metric_value
+
+    client.infer("regression", [_rows_input(ROWS)])
+    _predict(service, "regression", ROWS)
+    text = httpx.get(f"{service.url}/metrics", timeout=10).text
+    for api in ("v1", "v2"):
+        assert metric_value(text, f'ortserve_requests_total{{api="{api}",model="regression",'
+                                  'outcome="success"') >= 1, api
+    assert metric_value(text, 'ortserve_requests_total{api="grpc",model="regression",'
+                              'outcome="success"') == 0  # exported from the start
+    assert metric_value(text, 'ortserve_request_duration_seconds_count{api="v2",'
+                              'model="regression"') >= 1

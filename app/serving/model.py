@@ -128,11 +128,14 @@ class LoadedModel:
         """(model, version) as the Prometheus metrics label them."""
         return self.name, str(self.version)
 
-    async def infer(self, inputs: Sequence[Any], timeout_s: float,
-                    client_gone: ClientGone | None = None) -> InferenceResult:
+    async def infer(self, inputs: Sequence[Any] | Callable[[LoadedModel], Sequence[Any]],
+                    timeout_s: float, client_gone: ClientGone | None = None,
+                    api: str = "v1") -> InferenceResult:
         """Run inputs through the model. Everything up to the queue is synchronous, so a
         caller that looked this model up in the registry submits before any other task
-        runs (a version swap cannot slip in between)."""
+        runs (a version swap cannot slip in between). `inputs` may be a function of this
+        model that decodes them (a protocol's tensors): its errors count as this model's
+        client errors."""
         t0 = time.perf_counter()
         outcome = "server_error"
         self._inflight += 1
@@ -140,6 +143,8 @@ class LoadedModel:
         try:
             if not self._accepting:
                 raise ModelNotReady(f"model {self.name} version {self.version} is draining")
+            if callable(inputs):
+                inputs = inputs(self)
             payloads, costs = self.pipeline.preprocess(inputs)
             job = self.queue.submit(payloads, costs)
             guard = _Guard(job, timeout_s, client_gone,
@@ -172,7 +177,7 @@ class LoadedModel:
             outcome = "client_error"
             raise
         finally:
-            self.observer.request_done(outcome, time.perf_counter() - t0)
+            self.observer.request_done(api, outcome, time.perf_counter() - t0)
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()

@@ -166,8 +166,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request, context) -> pb.ModelInferResponse:
         state = self.state
         version = _version(request.model_version)
-        model = state.dataplane.model(request.model_name, version)
-        inputs = tz.to_inputs(model, _input_tensors(request))
+        tensors = _input_tensors(request)
         deadline = state.settings.request_timeout_s
         remaining = context.time_remaining()
         if remaining is not None:
@@ -175,8 +174,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         gone = asyncio.get_running_loop().create_future()
         context.add_done_callback(lambda _: gone.done() or gone.set_result(None))
         requested: Sequence[str] | None = [o.name for o in request.outputs] or None
-        result = await state.dataplane.infer(request.model_name, version, inputs, deadline,
-                                             lambda: gone)
+        result = await state.dataplane.infer(request.model_name, version,
+                                             lambda model: tz.to_inputs(model, tensors),
+                                             deadline, lambda: gone, api="grpc")
         outputs = tz.outputs(result, requested)
         return pb.ModelInferResponse(
             model_name=result.model, model_version=str(result.version), id=request.id,

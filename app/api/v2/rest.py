@@ -241,15 +241,14 @@ async def infer(request: Request) -> Response:
     log_fields["model"], log_fields["version"] = name, version
     body = await read_body(request)
     req, tensors = _parse_request(body, header(request, HEADER_LENGTH))
-    model = state.dataplane.model(name, version)
-    inputs = to_inputs(model, tensors)
     deadline = state.settings.request_timeout_s
     for limit in (timeout_header(request), _timeout_param(req)):
         if limit is not None:
             deadline = min(deadline, limit)
     requested, binary = _binary_wanted(req)
-    result = await state.dataplane.infer(name, version, inputs, deadline,
-                                         lambda: client_gone(request))
+    result = await state.dataplane.infer(name, version,
+                                         lambda model: to_inputs(model, tensors), deadline,
+                                         lambda: client_gone(request), api="v2")
     log_fields["version"] = result.version
     all_binary = bool((req.parameters or {}).get("binary_data_output", False))
     out_json, blobs = [], []
