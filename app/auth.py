@@ -72,13 +72,13 @@ class TokenBucket:
 
 
 class AuthMiddleware:
-    def __init__(self, app, keys: KeyStore, exempt: list[str], rate: float, burst: int,
+    def __init__(self, app, keys: KeyStore, exempt: list[str], bucket: TokenBucket | None,
                  own_auth: tuple[str, ...] = ()) -> None:
         self.app = app
         self.keys = keys
         self.exempt = set(exempt)
         self.own_auth = own_auth  # path prefixes with keys of their own (the admin API)
-        self.bucket = TokenBucket(rate, burst) if rate > 0 else None
+        self.bucket = bucket
 
     async def __call__(self, scope, receive, send):
         if (scope["type"] != "http" or not self.keys.enabled or scope["path"] in self.exempt

@@ -125,3 +125,62 @@ def test_grpc_requests_are_counted_as_such(client, service):
                               'outcome="success"') >= 1
     assert metric_value(text, 'ortserve_requests_total{api="grpc",model="tabular",'
                               'outcome="client_error"') >= 1
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xff\xff", b"\x0a\x80", b"\x2a\x05\x0a\x03abc\x0f",
+                                     bytes(range(256))])
+def test_malformed_protobufs_are_invalid_argument_never_internal(service, payload):
+    import grpc
+
+    with grpc.insecure_channel(service.grpc) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as err:
+            call(payload, metadata=tuple(KEY.items()), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+
+
+@pytest.mark.parametrize("tensor", [
+    {"name": "features", "datatype": "FP32", "shape": [1, 4], "raw": b"\x00" * 15},
+    {"name": "features", "datatype": "FP32", "shape": [-1, 4], "raw": b""},
+    {"name": "features", "datatype": "FP32", "shape": [1 << 40, 4], "raw": b""},
+    {"name": "text", "datatype": "BYTES", "shape": [1], "raw": b"\x09\x00\x00\x00abc"},
+    {"name": "features", "datatype": "NOPE", "shape": [1, 4], "raw": b"\x00" * 16},
+])
+def test_malformed_tensors_are_invalid_argument(service, tensor):
+    import grpc
+
+    # Built by hand with the client's own message types: the server's module and
+    # tritonclient's share a protobuf package, so only the client's is imported here.
+    from tritonclient.grpc import service_pb2 as tpb
+
+    request = tpb.ModelInferRequest(model_name="sentiment" if tensor["name"] == "text"
+                                    else "tabular",
+                                    inputs=[tpb.ModelInferRequest.InferInputTensor(
+                                        name=tensor["name"], datatype=tensor["datatype"],
+                                        shape=tensor["shape"])],
+                                    raw_input_contents=[tensor["raw"]])
+    with grpc.insecure_channel(service.grpc) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=tpb.ModelInferRequest.SerializeToString)
+        with pytest.raises(grpc.RpcError) as err:
+            call(request, metadata=tuple(KEY.items()), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+
+
+def test_rate_limits_are_shared_with_http(tmp_path):
+    port = free_port()
+    svc = ServiceProcess(build_repository(tmp_path / "models"), tmp_path / "log",
+                         ORTSERVE_GRPC_PORT=str(port), ORTSERVE_API_KEYS="predict-key",
+                         ORTSERVE_RATE_LIMIT_PER_S="0.2", ORTSERVE_RATE_LIMIT_BURST="2")
+    try:
+        svc.wait_ready()
+        c = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        c.infer("regression", [_rows(ROWS)], headers=KEY)
+        r = httpx.post(f"{svc.url}/predict", json={"model": "regression", "inputs": ROWS},
+                       headers=KEY, timeout=30)
+        assert r.status_code == 200  # the key's second token
+        with pytest.raises(InferenceServerException, match="RESOURCE_EXHAUSTED"):
+            c.infer("regression", [_rows(ROWS)], headers=KEY)
+        c.close()
+    finally:
+        svc.terminate()

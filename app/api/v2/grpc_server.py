@@ -10,6 +10,7 @@ pool under the protocol's package name, which a process can hold only once.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from app.api.v2 import tensors as tz
 from app.api.v2.grpc import grpc_predict_v2_pb2 as pb
 from app.api.v2.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from app.api.v2.rest import EXTENSIONS, model_metadata
-from app.auth import KeyStore
+from app.auth import KeyStore, TokenBucket
 from app.errors import (
     ClientCancelled,
     DeadlineExceeded,
@@ -94,9 +95,47 @@ def _input_tensors(request: pb.ModelInferRequest) -> list[tz.Tensor]:
     return out
 
 
+class _Malformed:
+    """A request body that does not parse as its message (answered INVALID_ARGUMENT, not
+    the INTERNAL that gRPC gives a failing deserializer)."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(parse):
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's bytes
+            return _Malformed(f"{type(exc).__name__}: {exc}")
+    return deserialize
+
+
+def _rejecting_malformed(method):
+    async def handler(request, context):
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the request is not a valid protobuf message: {request.error}")
+        return await method(request, context)
+    return handler
+
+
+def service_handler(servicer) -> grpc.GenericRpcHandler:
+    """The generated service's methods, each with a deserializer that does not throw."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {
+        m.name: grpc.unary_unary_rpc_method_handler(
+            _rejecting_malformed(getattr(servicer, m.name)),
+            request_deserializer=_lenient(getattr(pb, m.input_type.name).FromString),
+            response_serializer=getattr(pb, m.output_type.name).SerializeToString)
+        for m in service.methods}
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, state: AppState, keys: KeyStore) -> None:
-        self.state, self.keys = state, keys
+    def __init__(self, state: AppState, keys: KeyStore, bucket: TokenBucket | None) -> None:
+        self.state, self.keys, self.bucket = state, keys, bucket
 
     async def _guard(self, context: grpc.aio.ServicerContext, admin: bool = False) -> None:
         metadata = dict(context.invocation_metadata() or ())
@@ -118,6 +157,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                                     "missing API key: send 'authorization: Bearer <key>'")
             if not self.keys.matches(given):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "API key not accepted")
+            if self.bucket is not None:  # the HTTP APIs' buckets: one limit per key
+                wait = self.bucket.take(hashlib.sha256(given).hexdigest())
+                if wait > 0:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                        f"rate limit exceeded; retry in {wait:.2f} s")
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -214,13 +258,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
-async def start(state: AppState, keys: KeyStore, host: str, port: int,
-                max_message_bytes: int) -> grpc.aio.Server:
+async def start(state: AppState, keys: KeyStore, bucket: TokenBucket | None, host: str,
+                port: int, max_message_bytes: int) -> grpc.aio.Server:
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(state, keys), server)
+    server.add_generic_rpc_handlers([service_handler(InferenceService(state, keys, bucket))])
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:
         raise RuntimeError(f"gRPC: cannot listen on {host}:{port}")
