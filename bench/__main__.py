@@ -1,5 +1,5 @@
-"""`python -m bench run|probe|report|soak|drain|swap`: benchmark the service beside its ceilings,
-soak it, or measure a drain."""
+"""`python -m bench run|probe|report|soak|drain|swap|protocols`: benchmark the service
+beside its ceilings, soak it, measure a drain, version swaps, or the APIs side by side."""
 
 from __future__ import annotations
 
@@ -300,6 +300,12 @@ def soak(a: argparse.Namespace) -> int:
     return run_soak(Path(a.models), a.minutes, a.factor, Path(a.out))
 
 
+def protocols(a: argparse.Namespace) -> int:
+    from bench.protocols import run_protocols
+
+    return run_protocols(Path(a.models), a.seconds, Path(a.out))
+
+
 def swap(a: argparse.Namespace) -> int:
     from bench.swap import run_swap
 
@@ -352,6 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--runs", type=int, default=3, help="runs of each kind of client")
     d.add_argument("--out", default="docs")
     d.set_defaults(func=drain)
+    pc = sub.add_parser("protocols", help="/predict, v2 HTTP (JSON, binary) and v2 gRPC side "
+                                          "by side; writes docs/benchmarks.md's protocols "
+                                          "section")
+    pc.add_argument("--models", default="models")
+    pc.add_argument("--seconds", type=float, default=8.0, help="per row")
+    pc.add_argument("--out", default="docs")
+    pc.set_defaults(func=protocols)
     sw = sub.add_parser("swap", help="version swaps under load; writes docs/benchmarks.md's "
                                      "swap section")
     sw.add_argument("--models", default="models")

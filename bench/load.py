@@ -21,15 +21,20 @@ def wrk_available() -> bool:
 
 
 def closed_loop(url: str, path: str, bodies: list[bytes] | None, connections: int,
-                seconds: float, method: str = "POST") -> dict:
+                seconds: float, method: str = "POST",
+                binary: list[tuple[int, bytes]] | None = None) -> dict:
     """wrk with `connections` concurrent clients for `seconds`; returns its summary plus
-    the CPU seconds the client used."""
+    the CPU seconds the client used. `binary`: (JSON header length, body) pairs sent with
+    the binary tensor extension's header instead of JSON `bodies`."""
     with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as fh:
         for b in bodies or []:
             fh.write(b + b"\n")
+        for length, body in binary or []:
+            fh.write(f"{length} {body.hex()}\n".encode())
         bodies_file = fh.name
-    env = {**os.environ, "BENCH_BODIES": bodies_file if bodies else "",
-           "BENCH_PATH": path, "BENCH_METHOD": method}
+    env = {**os.environ, "BENCH_BODIES": bodies_file if bodies or binary else "",
+           "BENCH_PATH": path, "BENCH_METHOD": method,
+           "BENCH_FORMAT": "hexbin" if binary else "json"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         out = subprocess.run(

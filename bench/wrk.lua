@@ -6,12 +6,25 @@ local idx = 0
 local method = os.getenv("BENCH_METHOD") or "POST"
 local path = os.getenv("BENCH_PATH") or "/predict"
 
+local function unhex(hex)
+  return (hex:gsub("..", function(cc) return string.char(tonumber(cc, 16)) end))
+end
+
 init = function(args)
   local file = os.getenv("BENCH_BODIES")
   if file and file ~= "" then
-    local headers = {["Content-Type"] = "application/json"}
+    local binary = os.getenv("BENCH_FORMAT") == "hexbin"
     for line in io.lines(file) do
-      requests[#requests + 1] = wrk.format(method, path, headers, line)
+      if binary then
+        -- "<json header length> <hex of the whole body>": the binary tensor extension
+        local length, hex = line:match("^(%d+) (%x+)$")
+        requests[#requests + 1] = wrk.format(method, path, {
+          ["Content-Type"] = "application/octet-stream",
+          ["Inference-Header-Content-Length"] = length}, unhex(hex))
+      else
+        requests[#requests + 1] = wrk.format(method, path,
+                                             {["Content-Type"] = "application/json"}, line)
+      end
     end
   else
     requests[1] = wrk.format(method, path)
