@@ -33,12 +33,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     ORTSERVE_MODELS_DIR=/models \
     ORTSERVE_HOST=0.0.0.0 \
-    ORTSERVE_PORT=8000
+    ORTSERVE_PORT=8000 \
+    ORTSERVE_GRPC_PORT=8001
 RUN useradd --system --uid 10001 --user-group --no-create-home ortserve
 COPY --from=builder /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /srv
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=2).status != 200)"]
 STOPSIGNAL SIGTERM

@@ -184,3 +184,43 @@ def test_rate_limits_are_shared_with_http(tmp_path):
         c.close()
     finally:
         svc.terminate()
+
+
+def test_sigterm_finishes_grpc_calls_in_flight(tmp_path):
+    import signal
+    import threading
+    import time
+
+    repo = build_repository(tmp_path / "models")
+    add_slow_model(repo, max_batch_size=1, size=2048)
+    port = free_port()
+    svc = ServiceProcess(repo, tmp_path / "log", ORTSERVE_GRPC_PORT=str(port),
+                         ORTSERVE_DRAIN_DELAY_S="0.2", ORTSERVE_INSTANCES="1",
+                         ORTSERVE_INTRA_OP_THREADS="1")  # run time independent of cores
+    results: list = []
+    try:
+        svc.wait_ready()
+
+        def call() -> None:
+            c = triton.InferenceServerClient(f"127.0.0.1:{port}")
+            try:  # sixteen runs of the slow model, one at a time
+                results.append(c.infer("slow", [_rows(ROWS * 8)],
+                                       client_timeout=60).as_numpy("label").shape)
+            except InferenceServerException as exc:
+                results.append(exc)
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=call) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # both calls accepted and queued
+        assert results == []  # still in flight
+        svc.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        code = svc.proc.wait(60)
+    finally:
+        svc.terminate()
+    assert results == [(16,), (16,)], results
+    assert code == 0
