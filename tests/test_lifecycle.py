@@ -51,21 +51,32 @@ def test_sigterm_drains_accepted_work_and_exits_zero(repo, tmp_path):
                     pass
                 time.sleep(0.05)
 
-        def client(model: str) -> None:
+        def client(model: str, v2: bool = False) -> None:
             inputs, want = expected[model]
+            # the Open Inference Protocol's form of the same request (same drain)
+            url, body = ((f"{svc.url}/v2/models/{model}/infer", {"inputs": [{
+                "name": "features", "datatype": "FP32", "shape": [len(inputs), 4],
+                "data": inputs}]}) if v2 else
+                (f"{svc.url}/predict", {"model": model, "inputs": inputs}))
+            labels = [p["label"] for p in want]
             with httpx.Client(timeout=60) as c:
                 while not removed.is_set() and not stop.is_set():
                     try:
-                        r = c.post(f"{svc.url}/predict", json={"model": model,
-                                                               "inputs": inputs})
+                        r = c.post(url, json=body)
                     except httpx.TransportError as exc:
                         results.append((_classify(exc), repr(exc)))
                         continue
-                    results.append((r.status_code, r.json()["predictions"] == want
-                                    if r.status_code == 200 else r.text))
+                    if r.status_code != 200:
+                        results.append((r.status_code, r.text))
+                    elif v2:
+                        got = next(o for o in r.json()["outputs"] if o["name"] == "label")
+                        results.append((200, got["data"] == labels))
+                    else:
+                        results.append((200, r.json()["predictions"] == want))
 
         threads = [threading.Thread(target=client, args=(m,))
                    for m in ("slow", "slow", "slow", "tabular", "sentiment", "sentiment")]
+        threads += [threading.Thread(target=client, args=(m, True)) for m in ("slow", "tabular")]
         threads.append(threading.Thread(target=balancer))
         for t in threads:
             t.start()
