@@ -13,9 +13,7 @@ import math
 import time
 from pathlib import Path
 
-import orjson
-
-from app.errors import error_body
+from app.api.http import send_error
 
 
 class KeyStore:
@@ -84,27 +82,22 @@ class AuthMiddleware:
         if (scope["type"] != "http" or not self.keys.enabled or scope["path"] in self.exempt
                 or scope["path"].startswith(self.own_auth)):
             return await self.app(scope, receive, send)
+        path = scope["path"]
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
         if header is None or not header[:7].lower() == b"bearer " or not header[7:].strip():
-            return await _reply(send, 401, "unauthorized",
-                                "missing API key: send 'Authorization: Bearer <key>'",
-                                [(b"www-authenticate", b"Bearer")])
+            return await send_error(send, path, 401, "unauthorized",
+                                    "missing API key: send 'Authorization: Bearer <key>'",
+                                    headers=[(b"www-authenticate", b"Bearer")])
         key = header[7:].strip()
         if not self.keys.matches(key):
-            return await _reply(send, 403, "forbidden", "API key not accepted")
+            return await send_error(send, path, 403, "forbidden", "API key not accepted")
         if self.bucket is not None:
             wait = self.bucket.take(hashlib.sha256(key).hexdigest())
             if wait > 0:
-                return await _reply(send, 429, "rate_limited",
-                                    f"rate limit exceeded; retry in {wait:.2f} s",
-                                    [(b"retry-after", str(math.ceil(wait)).encode())])
+                return await send_error(
+                    send, path, 429, "rate_limited", f"rate limit exceeded; retry in {wait:.2f} s",
+                    headers=[(b"retry-after", str(math.ceil(wait)).encode())])
         return await self.app(scope, receive, send)
 
 
-async def _reply(send, status: int, code: str, message: str,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = orjson.dumps(error_body(code, message))
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})
+

@@ -23,9 +23,7 @@ import logging
 import signal
 import threading
 
-import orjson
-
-from app.errors import error_body
+from app.api.http import send_error
 
 log = logging.getLogger("ortserve.lifecycle")
 
@@ -111,12 +109,9 @@ class DrainGate:
         drain = self.drain
         if drain.phase == STOPPING and not scope["path"].startswith(self.exempt):
             await drain.until_listeners_closed()
-            body = orjson.dumps(error_body(
-                "shutting_down", "the server is shutting down; retry on another replica"))
-            await send({"type": "http.response.start", "status": 503, "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()), (b"retry-after", b"1"), CLOSE]})
-            await send({"type": "http.response.body", "body": body})
+            await send_error(send, scope["path"], 503, "shutting_down",
+                             "the server is shutting down; retry on another replica",
+                             headers=[(b"retry-after", b"1"), CLOSE])
             return
 
         async def send_closing(message):

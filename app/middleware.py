@@ -6,9 +6,7 @@ import logging
 import os
 import time
 
-import orjson
-
-from app.errors import error_body
+from app.api.http import send_error
 
 access_log = logging.getLogger("ortserve.access")
 
@@ -52,7 +50,7 @@ class RequestContextMiddleware:
 
         limit = self.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
-            await self._too_large(send_wrapper, limit)
+            await self._too_large(send_wrapper, scope["path"], limit)
             self._log(scope, request_id, 413, t0)
             return
         received = 0
@@ -65,7 +63,7 @@ class RequestContextMiddleware:
                 if received > limit:
                     # Answer now and tell the app the client is gone, so it stops reading.
                     refused = True
-                    await self._too_large(send_with_id, limit)
+                    await self._too_large(send_with_id, scope["path"], limit)
                     return {"type": "http.disconnect"}
             return message
 
@@ -75,14 +73,9 @@ class RequestContextMiddleware:
             self._log(scope, request_id, status["code"], t0)
 
     @staticmethod
-    async def _too_large(send, limit: int) -> None:
-        body = orjson.dumps(error_body("payload_too_large",
-                                       f"request body exceeds {limit} bytes",
-                                       {"limit": limit}))
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    async def _too_large(send, path: str, limit: int) -> None:
+        await send_error(send, path, 413, "payload_too_large",
+                         f"request body exceeds {limit} bytes", {"limit": limit})
 
     @staticmethod
     def _log(scope, request_id: str, status: int, t0: float) -> None:

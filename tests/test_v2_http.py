@@ -218,3 +218,20 @@ def test_metrics_split_requests_by_api(client, service):
                               'outcome="success"') == 0  # exported from the start
     assert metric_value(text, 'ortserve_request_duration_seconds_count{api="v2",'
                               'model="regression"') >= 1
+
+
+def test_errors_from_the_middleware_take_the_v2_shape_under_v2(tmp_path):
+    svc = ServiceProcess(build_repository(tmp_path / "models"), tmp_path / "log",
+                         ORTSERVE_API_KEYS="k", ORTSERVE_MAX_BODY_BYTES="100")
+    try:
+        svc.wait_ready()
+        url = f"{svc.url}/v2/models/sentiment/infer"
+        assert httpx.post(url, json={}).json() == {
+            "error": "missing API key: send 'Authorization: Bearer <key>'"}
+        r = httpx.post(url, content=b"x" * 200, headers={"Authorization": "Bearer k"})
+        assert r.status_code == 413 and r.json() == {"error": "request body exceeds 100 bytes"}
+        r = httpx.post(f"{svc.url}/predict", content=b"x" * 200,
+                       headers={"Authorization": "Bearer k"})
+        assert r.json()["error"]["code"] == "payload_too_large"  # the v1 shape
+    finally:
+        svc.terminate()

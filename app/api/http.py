@@ -3,7 +3,10 @@ going away, and the `X-Request-Timeout` header."""
 
 from __future__ import annotations
 
+import orjson
 from starlette.requests import Request
+
+from app.errors import error_body
 
 TIMEOUT_HEADER = "X-Request-Timeout"
 TIMEOUT_KEY = TIMEOUT_HEADER.lower().encode("latin-1")
@@ -61,3 +64,25 @@ async def client_gone(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+V2_PREFIX = "/v2"
+
+
+def error_json(path: str, code: str, message: str, details=None) -> bytes:
+    """An error body in the shape of the API `path` belongs to: the Open Inference
+    Protocol's `{"error": "message"}` under /v2, `{"error": {code, message, details}}`
+    elsewhere."""
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        return orjson.dumps({"error": message})
+    return orjson.dumps(error_body(code, message, details))
+
+
+async def send_error(send, path: str, status: int, code: str, message: str, details=None,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """An error answered straight from ASGI middleware (auth, body limit, drain)."""
+    body = error_json(path, code, message, details)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
