@@ -98,7 +98,8 @@ class DrainGate:
     Held, it waits on a connection the server owns and then gets its 503.
     """
 
-    def __init__(self, app, drain: Drain, exempt: tuple[str, ...] = ("/health/", "/metrics")):
+    def __init__(self, app, drain: Drain,
+                 exempt: tuple[str, ...] = ("/health/", "/v2/health/", "/metrics")) -> None:
         self.app = app
         self.drain = drain
         self.exempt = exempt

@@ -170,6 +170,8 @@ async def test_stopping_answers_new_work_503_and_finishes_what_was_accepted(make
     refused = asyncio.ensure_future(client.post("/predict", json={"model": "tabular",
                                                                    "inputs": [ROW]}))
     assert (await client.get("/health/live")).status_code == 200
+    ready = await asyncio.wait_for(client.get("/v2/health/ready"), 5)  # answered, not held
+    assert ready.status_code == 503 and ready.json() == {"ready": False}
     assert not accepted.done()
     assert await drain.wait_idle(30)
     assert not refused.done()  # held until the server stops accepting connections
