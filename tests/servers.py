@@ -70,6 +70,12 @@ class ServiceProcess:
             self.proc.wait()
         self._log.close()
 
+    def __enter__(self) -> ServiceProcess:
+        return self.wait_ready()
+
+    def __exit__(self, *exc) -> None:
+        self.terminate()
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -93,3 +99,12 @@ def metric_value(text: str, prefix: str) -> float:
     if not values:
         raise KeyError(f"no series starts with {prefix!r}")
     return sum(values)
+
+
+def predictions(url: str, model: str, inputs: list, version: int | None = None,
+                headers: dict | None = None) -> list[dict]:
+    """`/predict`'s answer for these inputs: what the other APIs are compared with."""
+    body = {"model": model, "inputs": inputs} | ({"version": version} if version else {})
+    r = httpx.post(f"{url}/predict", json=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"]

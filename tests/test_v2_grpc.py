@@ -10,7 +10,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.builders import add_rows_model, add_slow_model, build_repository
-from tests.servers import ServiceProcess, free_port
+from tests.servers import ServiceProcess, free_port, predictions
 
 TEXTS = ["good great day", "awful sad movie"]
 ROWS = [[0.5, -1.0, 2.0, 0.25], [3.0, 1.0, -2.0, 0.0]]
@@ -25,15 +25,11 @@ def service(tmp_path_factory):
     add_rows_model(repo, "tabular", classifier=True, version=2)
     add_slow_model(repo)
     port = free_port()
-    svc = ServiceProcess(repo, root / "log", ORTSERVE_GRPC_PORT=str(port),
-                         ORTSERVE_API_KEYS="predict-key", ORTSERVE_ADMIN_KEYS="admin-secret",
-                         ORTSERVE_VERSION_POLICY='{"tabular": "all"}')
-    svc.grpc = f"127.0.0.1:{port}"
-    try:
-        svc.wait_ready()
+    with ServiceProcess(repo, root / "log", ORTSERVE_GRPC_PORT=str(port),
+                        ORTSERVE_API_KEYS="predict-key", ORTSERVE_ADMIN_KEYS="admin-secret",
+                        ORTSERVE_VERSION_POLICY='{"tabular": "all"}') as svc:
+        svc.grpc = f"127.0.0.1:{port}"
         yield svc
-    finally:
-        svc.terminate()
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +40,7 @@ def client(service):
 
 
 def _predict(service, model: str, inputs: list, version: int | None = None) -> list[dict]:
-    body = {"model": model, "inputs": inputs} | ({"version": version} if version else {})
-    r = httpx.post(f"{service.url}/predict", json=body, headers=KEY, timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()["predictions"]
+    return predictions(service.url, model, inputs, version, headers=KEY)
 
 
 def _rows(rows: list) -> triton.InferInput:

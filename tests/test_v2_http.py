@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from app.api.v2 import schemas
 from tests.builders import add_rows_model, build_repository
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, predictions
 
 TEXTS = ["good great day", "awful sad movie", "the phone is fine"]
 ROWS = [[0.5, -1.0, 2.0, 0.25], [3.0, 1.0, -2.0, 0.0]]
@@ -26,13 +26,9 @@ def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("v2")
     repo = build_repository(root / "models")
     add_rows_model(repo, "tabular", classifier=True, version=2)
-    svc = ServiceProcess(repo, root / "log", ORTSERVE_VERSION_POLICY='{"tabular": "all"}',
-                         ORTSERVE_ADMIN_KEYS="admin-secret")
-    try:
-        svc.wait_ready()
+    with ServiceProcess(repo, root / "log", ORTSERVE_VERSION_POLICY='{"tabular": "all"}',
+                        ORTSERVE_ADMIN_KEYS="admin-secret") as svc:
         yield svc
-    finally:
-        svc.terminate()
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +39,7 @@ def client(service):
 
 
 def _predict(service, model: str, inputs: list, version: int | None = None) -> list[dict]:
-    body = {"model": model, "inputs": inputs} | ({"version": version} if version else {})
-    r = httpx.post(f"{service.url}/predict", json=body, timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()["predictions"]
+    return predictions(service.url, model, inputs, version)
 
 
 def _text_input(texts: list[str], binary: bool = True) -> triton.InferInput:
