@@ -1,7 +1,8 @@
-"""Optional API-key auth (`Authorization: Bearer <key>`) with a per-key token bucket.
+"""Optional API-key auth (`Authorization: Bearer <key>`) with a per-key rate limit
+(`app/ratelimit.py`).
 
 Keys come from settings and/or a file re-read when it changes, so keys rotate without a
-restart. Keys are compared in constant time and never logged; buckets are keyed by a
+restart. Keys are compared in constant time and never logged; rate limits are keyed by a
 hash of the key.
 """
 
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 from app.api.http import send_error
+from app.ratelimit import BackendDown, Limiter
 
 
 class KeyStore:
@@ -52,31 +54,14 @@ class KeyStore:
         return found
 
 
-class TokenBucket:
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens: dict[str, tuple[float, float]] = {}
-
-    def take(self, who: str) -> float:
-        """0 when allowed, else seconds until a token is available."""
-        now = time.monotonic()
-        tokens, last = self.tokens.get(who, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens >= 1:
-            self.tokens[who] = (tokens - 1, now)
-            return 0.0
-        self.tokens[who] = (tokens, now)
-        return (1 - tokens) / self.rate
-
-
 class AuthMiddleware:
-    def __init__(self, app, keys: KeyStore, exempt: list[str], bucket: TokenBucket | None,
+    def __init__(self, app, keys: KeyStore, exempt: list[str], limiter: Limiter | None,
                  own_auth: tuple[str, ...] = ()) -> None:
         self.app = app
         self.keys = keys
         self.exempt = set(exempt)
         self.own_auth = own_auth  # path prefixes with keys of their own (the admin API)
-        self.bucket = bucket
+        self.limiter = limiter
 
     async def __call__(self, scope, receive, send):
         if (scope["type"] != "http" or not self.keys.enabled or scope["path"] in self.exempt
@@ -91,8 +76,12 @@ class AuthMiddleware:
         key = header[7:].strip()
         if not self.keys.matches(key):
             return await send_error(send, path, 403, "forbidden", "API key not accepted")
-        if self.bucket is not None:
-            wait = self.bucket.take(hashlib.sha256(key).hexdigest())
+        if self.limiter is not None:
+            try:
+                wait = await self.limiter.take(hashlib.sha256(key).hexdigest())
+            except BackendDown as exc:
+                return await send_error(send, path, 503, "rate_limiter_unavailable", str(exc),
+                                        headers=[(b"retry-after", b"1")])
             if wait > 0:
                 return await send_error(
                     send, path, 429, "rate_limited", f"rate limit exceeded; retry in {wait:.2f} s",

@@ -19,11 +19,12 @@ from app.api.errors import install_handlers
 from app.api.v1 import models, predict
 from app.api.v2 import repository as v2_repository
 from app.api.v2 import rest as v2_rest
-from app.auth import AuthMiddleware, KeyStore, TokenBucket
+from app.auth import AuthMiddleware, KeyStore
 from app.lifecycle import Drain, DrainGate, install_drain_handler
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
+from app.ratelimit import build_limiter
 from app.responses import JSONResponse
 from app.runtime.session import DeviceError
 from app.serving.registry import ModelRegistry
@@ -71,8 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry = ModelRegistry(settings, metrics)
     drain = Drain()
     keys = KeyStore(settings.api_keys, settings.api_keys_file)
-    bucket = (TokenBucket(settings.rate_limit_per_s, settings.rate_limit_burst)
-              if settings.rate_limit_per_s > 0 else None)  # shared by HTTP and gRPC
+    limiter = build_limiter(settings, metrics)  # shared by HTTP and gRPC
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.grpc_port is not None:
             from app.api.v2 import grpc_server as grpc_api  # see its docstring: only if used
 
-            grpc_server = await grpc_api.start(state, keys, bucket, settings.host,
+            grpc_server = await grpc_api.start(state, keys, limiter, settings.host,
                                                settings.grpc_port, settings.max_body_bytes)
         state.started = True
         install_drain_handler(asyncio.get_running_loop(), drain, settings.drain_delay_s,
@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Starlette runs the last added middleware first: request context, drain gate, CORS,
     # auth, app.
     app.add_middleware(AuthMiddleware, keys=keys, exempt=settings.auth_exempt_paths,
-                       bucket=bucket,
+                       limiter=limiter,
                        own_auth=("/repository/", "/v2/repository/"))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,

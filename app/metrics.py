@@ -71,6 +71,10 @@ class Metrics:
             "ortserve_model_load_failures", "Versions that failed to load, by reason (verify: "
             "manifest, file or hash; session; outputs; warmup; device; memory).",
             ("model", "reason"), registry=r)
+        self.rate_limit_backend_errors = Counter(
+            "ortserve_rate_limit_backend_errors", "Rate-limit checks that could not reach "
+            "Redis (requests allowed or refused per ORTSERVE_RATE_LIMIT_FAIL_OPEN).",
+            registry=r)
         self._per_version = (self.inputs, self.queue_wait, self.inference, self.batch_size,
                              self.batch_tokens, self.queue_depth, self.ready)
 

@@ -151,6 +151,13 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(0.0, ge=0, description="Per-key requests per second "
                                                            "(token bucket); 0 disables.")
     rate_limit_burst: int = Field(20, ge=1, description="Per-key bucket size.")
+    redis_url: str | None = Field(
+        None, description="Keep the per-key rate-limit buckets in this Redis (e.g. "
+                          "redis://redis:6379/0) so the limit holds across workers and "
+                          "replicas; unset: each process limits on its own.")
+    rate_limit_fail_open: bool = Field(
+        True, description="When Redis cannot be reached: allow requests (true) or refuse "
+                          "them with 503 (false); either way a metric and a log line.")
 
     @field_validator("models", "cors_origins", "api_keys", "admin_keys", "auth_exempt_paths",
                      mode="before")

@@ -108,3 +108,37 @@ def predictions(url: str, model: str, inputs: list, version: int | None = None,
     r = httpx.post(f"{url}/predict", json=body, headers=headers, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()["predictions"]
+
+
+class RedisProcess:
+    """A throwaway redis-server on 127.0.0.1 (Debian's package), no persistence."""
+
+    def __init__(self, log: Path) -> None:
+        import shutil
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (scripts/system-deps.sh)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=self._log, stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        try:
+            wait_until(up, 20, "redis-server")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self._log.close()

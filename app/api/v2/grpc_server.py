@@ -22,7 +22,7 @@ from app.api.v2 import tensors as tz
 from app.api.v2.grpc import grpc_predict_v2_pb2 as pb
 from app.api.v2.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from app.api.v2.rest import EXTENSIONS, model_metadata
-from app.auth import KeyStore, TokenBucket
+from app.auth import KeyStore
 from app.errors import (
     ClientCancelled,
     DeadlineExceeded,
@@ -33,6 +33,7 @@ from app.errors import (
     ServingError,
 )
 from app.lifecycle import STOPPING
+from app.ratelimit import BackendDown, Limiter
 from app.state import AppState
 
 log = logging.getLogger("ortserve.grpc")
@@ -134,8 +135,8 @@ def service_handler(servicer) -> grpc.GenericRpcHandler:
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, state: AppState, keys: KeyStore, bucket: TokenBucket | None) -> None:
-        self.state, self.keys, self.bucket = state, keys, bucket
+    def __init__(self, state: AppState, keys: KeyStore, limiter: Limiter | None) -> None:
+        self.state, self.keys, self.limiter = state, keys, limiter
 
     async def _guard(self, context: grpc.aio.ServicerContext, admin: bool = False) -> None:
         metadata = dict(context.invocation_metadata() or ())
@@ -157,8 +158,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                                     "missing API key: send 'authorization: Bearer <key>'")
             if not self.keys.matches(given):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "API key not accepted")
-            if self.bucket is not None:  # the HTTP APIs' buckets: one limit per key
-                wait = self.bucket.take(hashlib.sha256(given).hexdigest())
+            if self.limiter is not None:  # the HTTP APIs' limiter: one limit per key
+                try:
+                    wait = await self.limiter.take(hashlib.sha256(given).hexdigest())
+                except BackendDown as exc:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
                 if wait > 0:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                         f"rate limit exceeded; retry in {wait:.2f} s")
@@ -258,13 +262,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
-async def start(state: AppState, keys: KeyStore, bucket: TokenBucket | None, host: str,
+async def start(state: AppState, keys: KeyStore, limiter: Limiter | None, host: str,
                 port: int, max_message_bytes: int) -> grpc.aio.Server:
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ])
-    server.add_generic_rpc_handlers([service_handler(InferenceService(state, keys, bucket))])
+    server.add_generic_rpc_handlers([service_handler(InferenceService(state, keys,
+                                                                      limiter))])
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:
         raise RuntimeError(f"gRPC: cannot listen on {host}:{port}")

@@ -1,0 +1,107 @@
+"""Per-key token buckets: in the process (default) or in Redis (`ORTSERVE_REDIS_URL`), where
+the limit holds across worker processes and replicas.
+
+Both answer `take(who)` with the seconds until a token is free (0: allowed). A Redis that
+cannot be reached does not take predictions down: the request is allowed (fail open, the
+default) or refused with 503 (`ORTSERVE_RATE_LIMIT_FAIL_OPEN=false`); either way
+`ortserve_rate_limit_backend_errors_total` rises and a log line says so (at most one every
+10 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+log = logging.getLogger("ortserve.ratelimit")
+
+# Seconds a Redis call may take before the limiter gives up on it (loopback or LAN).
+REDIS_TIMEOUT_S = 0.25
+LOG_EVERY_S = 10.0
+
+# One atomic step of the bucket, on Redis's clock: refill by elapsed time, take a token if
+# there is one, remember the state (expiring once the bucket would be full again anyway).
+_TAKE = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(v[1]) or burst
+local ts = tonumber(v[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+
+class BackendDown(Exception):
+    """The shared limiter cannot be asked and the settings say to refuse."""
+
+
+class Limiter(Protocol):
+    async def take(self, who: str) -> float: ...
+
+
+class TokenBucket:
+    """In this process only: N workers or replicas allow N times the limit."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens: dict[str, tuple[float, float]] = {}
+
+    async def take(self, who: str) -> float:
+        now = time.monotonic()
+        tokens, last = self.tokens.get(who, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            self.tokens[who] = (tokens - 1, now)
+            return 0.0
+        self.tokens[who] = (tokens, now)
+        return (1 - tokens) / self.rate
+
+
+class RedisTokenBucket:
+    """In Redis: one bucket per key for every process that uses the same Redis."""
+
+    def __init__(self, url: str, rate: float, burst: int, fail_open: bool,
+                 on_error=None) -> None:
+        import redis.asyncio as redis
+
+        self.rate, self.burst, self.fail_open = rate, burst, fail_open
+        self._redis = redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S,
+                                     socket_connect_timeout=REDIS_TIMEOUT_S)
+        self._script = self._redis.register_script(_TAKE)
+        self._on_error = on_error
+        self._logged = 0.0
+
+    async def take(self, who: str) -> float:
+        try:
+            wait = await self._script(keys=[f"ortserve:ratelimit:{who}"],
+                                      args=[self.rate, self.burst])
+            return float(wait)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure is handled the same way
+            if self._on_error is not None:
+                self._on_error()
+            now = time.monotonic()
+            if now - self._logged >= LOG_EVERY_S:
+                self._logged = now
+                log.error("rate limiter: Redis unavailable (%s: %s); requests are %s",
+                          type(exc).__name__, exc,
+                          "allowed (fail open)" if self.fail_open else "refused (fail closed)")
+            if self.fail_open:
+                return 0.0
+            raise BackendDown("the rate limiter is unavailable; retry shortly") from exc
+
+
+def build_limiter(settings, metrics) -> Limiter | None:
+    if settings.rate_limit_per_s <= 0:
+        return None
+    if settings.redis_url:
+        return RedisTokenBucket(settings.redis_url, settings.rate_limit_per_s,
+                                settings.rate_limit_burst, settings.rate_limit_fail_open,
+                                on_error=metrics.rate_limit_backend_errors.inc)
+    return TokenBucket(settings.rate_limit_per_s, settings.rate_limit_burst)
