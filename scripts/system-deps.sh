@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools some tests use: Prometheus (server + promtool), docker-compose
-# (to validate the compose file), wrk (benchmarks) and redis-server (shared rate limits). Needs root or sudo; without either
+# (to validate the compose file), wrk (benchmarks), redis-server (shared rate limits) and
+# haproxy (replicas behind a balancer). Needs root or sudo; without either
 # it only says what is missing, and those tests skip outside CI.
 set -euo pipefail
 need=()
@@ -9,6 +10,7 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v wrk >/dev/null || need+=(wrk)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v haproxy >/dev/null || need+=(haproxy)
 [ ${#need[@]} -eq 0 ] && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else

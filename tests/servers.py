@@ -37,8 +37,9 @@ def wait_until(check, timeout: float, what: str) -> None:
 class ServiceProcess:
     """`ortserve serve` in a child process on 127.0.0.1, stopped with SIGTERM."""
 
-    def __init__(self, models: Path, log: Path, workers: int = 1, **env: str) -> None:
-        self.port = free_port()
+    def __init__(self, models: Path, log: Path, workers: int = 1, port: int | None = None,
+                 **env: str) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         full_env = {**os.environ, "ORTSERVE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
