@@ -98,6 +98,22 @@ def test_errors_auth_and_deadline_map_to_grpc_status(client):
         client.infer("slow", [_rows(ROWS * 4)], headers=KEY, client_timeout=0.05)
 
 
+def test_the_grpc_deadline_is_the_servers_deadline(client, service):
+    """The call's deadline reaches the batcher: the server gives up too (outcome timeout),
+    instead of running the whole request for nobody."""
+    from tests.servers import metric_value, wait_until
+
+    key = 'ortserve_requests_total{api="grpc",model="slow",outcome="timeout"'
+
+    def timeouts() -> float:
+        return metric_value(httpx.get(f"{service.url}/metrics", timeout=10).text, key)
+
+    before = timeouts()
+    with pytest.raises(InferenceServerException, match="DEADLINE_EXCEEDED"):
+        client.infer("slow", [_rows(ROWS * 8)], headers=KEY, client_timeout=0.2)
+    wait_until(lambda: timeouts() > before, 20, "the server's own timeout")
+
+
 def test_repository_rpcs_take_the_admin_key(client):
     index = client.get_model_repository_index(headers=ADMIN, as_json=True)
     assert {"name": "regression", "version": "1", "state": "READY"} in index["models"]

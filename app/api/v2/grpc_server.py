@@ -38,6 +38,7 @@ from app.state import AppState
 
 log = logging.getLogger("ortserve.grpc")
 
+DEADLINE_MARGIN_S = 0.005
 CODES: dict[type[ServingError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
@@ -218,7 +219,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         deadline = state.settings.request_timeout_s
         remaining = context.time_remaining()
         if remaining is not None:
-            deadline = min(deadline, max(remaining, 0.001))
+            # answer a few ms before the call's deadline, so that the server's own timeout
+            # (dropping queued inputs, counted as `timeout`) acts before the transport
+            # cancels the call
+            deadline = min(deadline, max(remaining - DEADLINE_MARGIN_S, 0.001))
         gone = asyncio.get_running_loop().create_future()
         context.add_done_callback(lambda _: gone.done() or gone.set_result(None))
         requested: Sequence[str] | None = [o.name for o in request.outputs] or None
