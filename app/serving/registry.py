@@ -289,7 +289,6 @@ class ModelRegistry:
             enough = len(candidates) if kind == "all" else arg
         candidates = [v for v in candidates if v not in rec.excluded]
         sources: dict[int, ModelSource] = {}
-        failed_now = False
         looked_at: dict[int, bool] = {}
 
         async def usable(v: int) -> bool:
@@ -299,7 +298,6 @@ class ModelRegistry:
 
         async def check(v: int) -> bool:
             """Ready and still on disk, or verified now (its source kept for loading)."""
-            nonlocal failed_now
             if v in ready:
                 return v in on_disk
             vr = rec.version(v)
@@ -316,7 +314,6 @@ class ModelRegistry:
                                           self.settings.model_variant.get(name))
             if src.error:
                 self._failed(rec, vr, "verify", src.error, fp)
-                failed_now = True
                 return False
             sources[v] = src
             return True
@@ -339,21 +336,19 @@ class ModelRegistry:
                 if initial:
                     raise
                 self._failed(rec, vr, "device", str(exc), fingerprint(src.path)[0])
-                failed_now = True
                 continue
             except loader.LoadError as exc:
                 self._failed(rec, vr, exc.reason, exc.message, fingerprint(src.path)[0])
-                failed_now = True
                 continue
             vr.state = READY
             self.metrics.ready.labels(name, str(v)).set(1)
             self._info(vr.model, 1)
 
         ready = rec.ready()
-        serve = {v: ready[v] for v in wanted if v in ready}
-        if failed_now or not serve:
-            # a failed load changes nothing that serves: keep every version still on disk
-            serve.update({v: m for v, m in ready.items() if v in on_disk})
+        # A version that fails is skipped and the policy falls back to the next one, which
+        # is usually the one serving; if nothing it names can serve, keep what does.
+        serve = {v: ready[v] for v in wanted if v in ready} or {
+            v: m for v, m in ready.items() if v in on_disk}
         self._route(rec, serve)
         if rec.route is not None:
             rec.error = None
