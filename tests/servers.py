@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -111,29 +112,23 @@ def predictions(url: str, model: str, inputs: list, version: int | None = None,
     return r.json()["predictions"]
 
 
-class RedisProcess:
-    """A throwaway redis-server on 127.0.0.1 (Debian's package), no persistence."""
+class Daemon:
+    """A server from a Debian package, in a child process on loopback; started by the
+    test, stopped by its process id (never by name)."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, name: str, args: list[str], log: Path, up, env: dict | None = None,
+                 timeout: float = 20) -> None:
         import shutil
 
-        binary = shutil.which("redis-server")
+        binary = shutil.which(name)
         if binary is None:
-            raise RuntimeError("redis-server is not installed (scripts/system-deps.sh)")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+            raise RuntimeError(f"{name} is not installed (scripts/system-deps.sh installs it)")
         self._log = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=self._log, stderr=subprocess.STDOUT)
-
-        def up() -> bool:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-
+        self.proc = subprocess.Popen([binary, *args], stdout=self._log,
+                                     stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
         try:
-            wait_until(up, 20, "redis-server")
+            wait_until(up, timeout, name)
         except BaseException:
             self.stop()
             raise
@@ -143,3 +138,72 @@ class RedisProcess:
             self.proc.terminate()
             self.proc.wait(10)
         self._log.close()
+
+
+class RedisProcess(Daemon):
+    """A throwaway redis-server, no persistence."""
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+        def up() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        super().__init__("redis-server", ["--port", str(self.port), "--bind", "127.0.0.1",
+                                          "--save", "", "--appendonly", "no"], log, up)
+
+
+class PredictLoad:
+    """`clients` threads posting to `/predict` in a closed loop until the block ends. Each
+    client cycles one job (model, inputs, {version: expected predictions}); every answer
+    must be 200 and equal to the output of the version it names."""
+
+    def __init__(self, url: str, jobs: list[tuple[str, list, dict[int, list]]],
+                 clients: int = 16) -> None:
+        self.url, self.jobs = url, jobs
+        self.stop = threading.Event()
+        self.answers: dict[int, int] = {}
+        self.failures: list = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._client, args=(i,))
+                        for i in range(clients)]
+
+    def _client(self, i: int) -> None:
+        model, inputs, expected = self.jobs[i % len(self.jobs)]
+        with httpx.Client(timeout=30) as c:
+            while not self.stop.is_set():
+                try:
+                    r = c.post(f"{self.url}/predict", json={"model": model, "inputs": inputs})
+                    body = r.json()
+                except (httpx.TransportError, ValueError) as exc:
+                    with self.lock:
+                        self.failures.append(repr(exc))
+                    continue
+                with self.lock:
+                    if r.status_code != 200:
+                        self.failures.append((r.status_code, body))
+                    elif body["predictions"] != expected.get(body["version"]):
+                        self.failures.append(("wrong answer", body))
+                    else:
+                        self.answers[body["version"]] = self.answers.get(body["version"], 0) + 1
+
+    def answered(self) -> int:
+        with self.lock:
+            return sum(self.answers.values())
+
+    def failed(self) -> int:
+        with self.lock:
+            return len(self.failures)
+
+    def __enter__(self) -> PredictLoad:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)

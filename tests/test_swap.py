@@ -3,13 +3,11 @@ every answer is the output of the version it names."""
 
 from __future__ import annotations
 
-import threading
-
 import httpx
 
 from app.api.v1.predict import encode
 from tests.builders import add_rows_model, add_text_model
-from tests.servers import ServiceProcess, wait_until
+from tests.servers import PredictLoad, ServiceProcess, wait_until
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 ROWS = [[0.5, -1.0, 2.0, 0.25], [3.0, 1.0, -2.0, 0.0]]
@@ -30,57 +28,15 @@ def _expected(url: str, model: str, inputs: list, versions: tuple[int, int]) -> 
     return out
 
 
-class Load:
-    """CLIENTS threads posting in a closed loop until stopped; every answer is checked."""
-
-    def __init__(self, url: str, jobs: list[tuple[str, list, dict]]) -> None:
-        self.url, self.jobs = url, jobs
-        self.stop = threading.Event()
-        self.answers: dict[int, int] = {}
-        self.failures: list = []
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._client, args=(i,))
-                        for i in range(CLIENTS)]
-
-    def _client(self, i: int) -> None:
-        model, inputs, expected = self.jobs[i % len(self.jobs)]
-        with httpx.Client(timeout=30) as c:
-            while not self.stop.is_set():
-                try:
-                    r = c.post(f"{self.url}/predict", json={"model": model, "inputs": inputs})
-                except httpx.TransportError as exc:
-                    self.failures.append(repr(exc))
-                    continue
-                body = r.json()
-                with self.lock:
-                    if r.status_code != 200:
-                        self.failures.append((r.status_code, body))
-                    elif body["predictions"] != expected.get(body["version"]):
-                        self.failures.append(("wrong answer", body))
-                    else:
-                        self.answers[body["version"]] = self.answers.get(body["version"], 0) + 1
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-
-
 def _routed(url: str, model: str) -> int | None:
     return httpx.get(f"{url}/models/{model}", timeout=10).json()["version"]
 
 
-def _answers_between(load: Load, step) -> None:
+def _answers_between(load: PredictLoad, step) -> None:
     """Run `step`, then wait until the clients have been answered a few more times."""
-    with load.lock:
-        seen = sum(load.answers.values())
+    seen = load.answered()
     step()
-    wait_until(lambda: sum(load.answers.values()) >= seen + 2 * CLIENTS, 30, "answers")
+    wait_until(lambda: load.answered() >= seen + 2 * CLIENTS, 30, "answers")
 
 
 def test_swapping_versions_through_the_api_fails_no_request(tmp_path):
@@ -100,7 +56,8 @@ def test_swapping_versions_through_the_api_fails_no_request(tmp_path):
                              json={"version": 1}, timeout=60)
         assert load_v1.status_code == 200
         rows = _expected(svc.url, "tabular", ROWS, (1, 2))
-        with Load(svc.url, [("sentiment", TEXTS, text), ("tabular", ROWS, rows)]) as load:
+        jobs = [("sentiment", TEXTS, text), ("tabular", ROWS, rows)]
+        with PredictLoad(svc.url, jobs, CLIENTS) as load:
             for i in range(SWAPS):
                 version = 1 if i % 2 == 0 else 2
                 for model in ("sentiment", "tabular"):
@@ -142,7 +99,7 @@ def test_swapping_versions_through_polling_fails_no_request(tmp_path):
         payloads, _ = pipeline.preprocess(ROWS)
         v2 = encode(manifest.labels, pipeline.run_batch(session.run, payloads))
         expected = {1: v1, 2: v2}
-        with Load(svc.url, [("tabular", ROWS, expected)]) as load:
+        with PredictLoad(svc.url, [("tabular", ROWS, expected)], CLIENTS) as load:
             for i in range(SWAPS):
                 if i % 2 == 0:  # publish version 2 the way the trainer does: one rename
                     step = lambda: (parked / "tabular" / "2").rename(repo / "tabular" / "2")  # noqa: E731
