@@ -45,6 +45,11 @@ class ClientCancelled(ServingError):
     code = "client_closed_request"
 
 
+class ChangeRefused(ServingError):
+    """A repository change this process cannot make for the whole service."""
+    code = "conflict"
+
+
 class InferenceFailed(ServingError):
     code = "inference_failed"
 

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
+    ChangeRefused,
     ClientCancelled,
     DeadlineExceeded,
     InferenceFailed,
@@ -39,6 +40,7 @@ STATUS: dict[type[ServingError], int] = {
     QueueFull: 503,
     DeadlineExceeded: 504,
     ClientCancelled: CLIENT_CLOSED_STATUS,
+    ChangeRefused: 409,
     InferenceFailed: 500,
 }
 

@@ -16,14 +16,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.errors import ModelNotFound, ModelNotReady
+from app.errors import ChangeRefused, ModelNotFound, ModelNotReady
 from app.metrics import Metrics
 from app.repository import ModelSource, fingerprint, model_names, verify, version_folders
 from app.runtime.memory import release_freed_memory
 from app.runtime.session import DeviceError
 from app.serving import loader
 from app.serving.model import LoadedModel
-from app.settings import Settings
+from app.settings import Settings, resolved_workers
 
 log = logging.getLogger("ortserve.registry")
 
@@ -194,9 +194,19 @@ class ModelRegistry:
         if self.settings.repository_poll_s > 0:
             self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
 
+    def _check_single_process(self) -> None:
+        workers = resolved_workers(self.settings)
+        if workers > 1:
+            # each worker process has its own registry: a change asked of one would reach
+            # only that one; polling reaches them all
+            raise ChangeRefused(f"the server runs {workers} worker processes and a change "
+                                "asked of one would reach only that one; use the poll mode "
+                                "(ORTSERVE_REPOSITORY_POLL_S) with several workers")
+
     async def load(self, name: str, version: int | None = None) -> ModelRecord:
         """Load `version` (and route unversioned requests to it until the next load) or,
         without a version, apply the model's policy afresh. Returns once done or failed."""
+        self._check_single_process()
         async with self._lock:
             rec = self.records.get(name)
             if rec is None:
@@ -223,6 +233,7 @@ class ModelRegistry:
 
     async def unload(self, name: str, version: int | None = None) -> ModelRecord:
         """Take one version (or every version) out of service: drained, then closed."""
+        self._check_single_process()
         async with self._lock:
             rec = self.record(name)
             ready = rec.ready()

@@ -16,7 +16,6 @@ from app.api.errors import error_response
 from app.api.schemas import ErrorResponse, LoadRequest, ModelSummary, RepositoryIndex
 from app.api.v1.models import ModelName
 from app.errors import ServingError
-from app.settings import resolved_workers
 from app.state import AppState, get_state
 
 router = APIRouter(prefix="/repository", tags=["repository"])
@@ -59,14 +58,6 @@ async def index(state: Annotated[AppState, Depends(get_state)]):
 
 
 async def _change(state: AppState, name: str, body: LoadRequest | None, load: bool):
-    workers = resolved_workers(state.settings)
-    if workers > 1:
-        # each worker process has its own registry: a change would reach only the one
-        # that answered; polling reaches them all
-        return error_response("conflict", f"the server runs {workers} worker processes and "
-                              "a change through this API would reach only one of them; use "
-                              "the poll mode (ORTSERVE_REPOSITORY_POLL_S) with several "
-                              "workers", 409)
     version = body.version if body else None
     reg = state.registry
     rec = await (reg.load(name, version) if load else reg.unload(name, version))

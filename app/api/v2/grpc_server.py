@@ -24,6 +24,7 @@ from app.api.v2.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from app.api.v2.rest import EXTENSIONS, model_metadata
 from app.auth import KeyStore
 from app.errors import (
+    ChangeRefused,
     ClientCancelled,
     DeadlineExceeded,
     InvalidInput,
@@ -46,6 +47,7 @@ CODES: dict[type[ServingError], grpc.StatusCode] = {
     QueueFull: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ClientCancelled: grpc.StatusCode.CANCELLED,
+    ChangeRefused: grpc.StatusCode.FAILED_PRECONDITION,
 }
 CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",

@@ -12,9 +12,15 @@ from app.api.admin.repository import require_admin
 from app.api.http import read_body
 from app.api.lean import LeanRoute
 from app.api.v2 import schemas
-from app.api.v2.rest import _json, _name_version, _state, documented, error, v2_errors
+from app.api.v2.rest import (
+    app_state,
+    documented,
+    error,
+    json_response,
+    name_version,
+    v2_errors,
+)
 from app.errors import InvalidInput
-from app.settings import resolved_workers
 
 router = APIRouter(prefix="/v2/repository", tags=["v2 (Open Inference Protocol)"],
                    route_class=LeanRoute)
@@ -45,26 +51,22 @@ async def index(request: Request) -> Response:
     body = await _body(request)
     entries = [{"name": e["name"], "version": str(e["version"]) if e["version"] else None,
                 "state": e["state"].upper(), "reason": e["reason"] or ""}
-               for e in _state(request).registry.index()]
+               for e in app_state(request).registry.index()]
     if body.get("ready"):
         entries = [e for e in entries if e["state"] == "READY"]
-    return _json(entries)
+    return json_response(entries)
 
 
 async def _change(request: Request, load: bool) -> Response:
     await require_admin(request)
-    state = _state(request)
-    workers = resolved_workers(state.settings)
-    if workers > 1:
-        return error(409, f"the server runs {workers} worker processes and a change through "
-                          "this API would reach only one; use the poll mode")
-    name, _ = _name_version(request)
+    state = app_state(request)
+    name, _ = name_version(request)
     await _body(request)
     reg = state.registry
     rec = await (reg.load(name) if load else reg.unload(name))
     if load and rec.route is None:
         return error(400, f"failed to load {name!r}: {rec.error or rec.status}")
-    return _json({})
+    return json_response({})
 
 
 @router.post("/models/{name}/load", summary="Load the model (its version policy afresh)",

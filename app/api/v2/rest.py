@@ -101,11 +101,11 @@ def documented(*statuses: int, path: tuple[str, ...] = (), body: type | None = N
             "openapi_extra": extra}
 
 
-def _json(content: Any, status: int = 200) -> Response:
+def json_response(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status, media_type=JSON)
 
 
-def _name_version(request: Request) -> tuple[str, int | None]:
+def name_version(request: Request) -> tuple[str, int | None]:
     name = request.path_params["name"]
     if not NAME_PATTERN.fullmatch(name) or len(name) > 128:
         raise ModelNotFound(f"unknown model {name!r}")
@@ -117,7 +117,7 @@ def _name_version(request: Request) -> tuple[str, int | None]:
     return name, int(raw_version)
 
 
-def _state(request: Request) -> AppState:
+def app_state(request: Request) -> AppState:
     return request.app.state.ortserve
 
 
@@ -135,22 +135,22 @@ def model_metadata(state: AppState, name: str, version: int | None) -> dict:
             **documented(401, 403, 429))
 @v2_errors
 async def server_metadata(request: Request) -> Response:
-    return _json({"name": "ortserve", "version": __version__, "extensions": EXTENSIONS})
+    return json_response({"name": "ortserve", "version": __version__, "extensions": EXTENSIONS})
 
 
 @router.get("/health/live", summary="200 while the process runs")
 @v2_errors
 async def server_live(request: Request) -> Response:
-    return _json({"live": True})
+    return json_response({"live": True})
 
 
 @router.get("/health/ready", summary="200 when every model can serve (as /health/ready)",
             responses={503: {"description": "not ready"}})
 @v2_errors
 async def server_ready(request: Request) -> Response:
-    state = _state(request)
+    state = app_state(request)
     ready = state.started and not state.draining and not state.registry.not_ready()
-    return _json({"ready": ready}, 200 if ready else 503)
+    return json_response({"ready": ready}, 200 if ready else 503)
 
 
 # -- models --------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ META = {"response_model": schemas.ModelMetadata, "summary": "Model metadata"}
             **documented(400, 401, 403, 404, 429, 503, path=("name", "version")))
 @v2_errors
 async def get_model_metadata(request: Request) -> Response:
-    return _json(model_metadata(_state(request), *_name_version(request)))
+    return json_response(model_metadata(app_state(request), *name_version(request)))
 
 
 @router.get("/models/{name}/ready", summary="200 when the model (version) can serve",
@@ -173,9 +173,9 @@ async def get_model_metadata(request: Request) -> Response:
             **documented(400, 401, 403, 404, 429, 503, path=("name", "version")))
 @v2_errors
 async def model_ready(request: Request) -> Response:
-    name, version = _name_version(request)
-    _state(request).dataplane.model(name, version)  # raises when not ready
-    return _json({"name": name, "ready": True})
+    name, version = name_version(request)
+    app_state(request).dataplane.model(name, version)  # raises when not ready
+    return json_response({"name": name, "ready": True})
 
 
 def _parse_request(body: bytes, header_length: str | None) -> tuple[schemas.InferenceRequest,
@@ -235,8 +235,8 @@ INFER_ERRORS = (400, 401, 403, 404, 413, 429, 503, 504)
                           body=schemas.InferenceRequest))
 @v2_errors
 async def infer(request: Request) -> Response:
-    state = _state(request)
-    name, version = _name_version(request)
+    state = app_state(request)
+    name, version = name_version(request)
     log_fields = request.scope.setdefault("state", {})
     log_fields["model"], log_fields["version"] = name, version
     body = await read_body(request)
