@@ -57,6 +57,15 @@ class InferenceFailed(ServingError):
 CLIENT_ERRORS = (InvalidInput, ModelNotFound)
 
 
+def mapped(exc: ServingError, table: dict, default):
+    """What `table` (error class -> a protocol's status) says for `exc`, by its nearest
+    class; each API keeps its own table."""
+    for cls in type(exc).__mro__:
+        if cls in table:
+            return table[cls]
+    return default
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict:
     """The one error shape of the service's own API: `{"error": {code, message, details}}`."""
     return {"error": {"code": code, "message": message, "details": details}}

@@ -25,6 +25,7 @@ from app.errors import (
     QueueFull,
     ServingError,
     error_body,
+    mapped,
 )
 from app.responses import JSONResponse
 
@@ -49,11 +50,8 @@ STATUS: dict[type[ServingError], int] = {
 STATUS_BY_CODE = {"unauthorized": 401, "forbidden": 403}
 
 
-def status_of(exc: ServingError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return STATUS_BY_CODE.get(exc.code, 500)
+def status_of(exc: ServingError, table: dict[type[ServingError], int] = STATUS) -> int:
+    return mapped(exc, table, STATUS_BY_CODE.get(exc.code, 500))
 
 
 def error_response(code: str, message: str, status: int, details: Any = None,

@@ -32,6 +32,7 @@ from app.errors import (
     ModelNotReady,
     QueueFull,
     ServingError,
+    mapped,
 )
 from app.lifecycle import STOPPING
 from app.ratelimit import BackendDown, Limiter
@@ -57,10 +58,7 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
 
 
 def _code(exc: ServingError) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in CODES:
-            return CODES[cls]
-    return grpc.StatusCode.INTERNAL
+    return mapped(exc, CODES, grpc.StatusCode.INTERNAL)
 
 
 def _param(p: pb.InferParameter):

@@ -54,13 +54,6 @@ def error(status: int, message: str, headers: dict | None = None) -> Response:
     return Response(orjson.dumps({"error": message}), status, headers, media_type=JSON)
 
 
-def _status(exc: ServingError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in V2_STATUS:
-            return V2_STATUS[cls]
-    return status_of(exc)
-
-
 def v2_errors(handler: Callable[[Request], Awaitable[Response]]):
     """Every v2 error leaves in the spec's shape, with the status the v1 API would give
     (bad input: 400)."""
@@ -69,7 +62,7 @@ def v2_errors(handler: Callable[[Request], Awaitable[Response]]):
             return await handler(request)
         except ServingError as exc:
             headers = ({"Retry-After": "1"} if exc.retry_after_s is not None else None)
-            return error(_status(exc), exc.message, headers)
+            return error(status_of(exc, V2_STATUS), exc.message, headers)
         except BadTimeout as exc:
             return error(400, str(exc))
         except BodyLost:
