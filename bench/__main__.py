@@ -322,6 +322,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m bench")
     sub = p.add_subparsers(dest="cmd", required=True)
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        """A subcommand that reads the model repository and writes under docs/."""
+        c = sub.add_parser(name, help=help)
+        c.add_argument("--models", default="models")
+        c.add_argument("--out", default="docs")
+        c.set_defaults(func=func)
+        return c
+
     r = sub.add_parser("run", help="the full benchmark and docs/benchmarks.md")
     r.add_argument("--models", default="models")
     r.add_argument("--url", help="benchmark a running service instead of starting one")
@@ -344,36 +353,24 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("report", help="rewrite the report from the last run's results")
     w.add_argument("--out", default="docs")
     w.set_defaults(func=rewrite)
-    s = sub.add_parser("soak", help="bounded overload run; writes docs/reliability.md")
-    s.add_argument("--models", default="models")
+    s = command("soak", soak, help="bounded overload run; writes docs/reliability.md")
     s.add_argument("--minutes", type=float, default=5.0)
     s.add_argument("--factor", type=float, default=2.0, help="offered load / capacity")
-    s.add_argument("--out", default="docs")
-    s.set_defaults(func=soak)
-    d = sub.add_parser("drain", help="SIGTERM under load, keep-alive and new-connection "
-                                      "clients; writes docs/reliability.md's drain section")
-    d.add_argument("--models", default="models")
+    d = command("drain", drain, help="SIGTERM under load, keep-alive and new-connection "
+                                     "clients; writes docs/reliability.md's drain section")
     d.add_argument("--clients", type=int, default=64)
     d.add_argument("--before", type=float, default=3.0, help="seconds of load before SIGTERM")
     d.add_argument("--runs", type=int, default=3, help="runs of each kind of client")
-    d.add_argument("--out", default="docs")
-    d.set_defaults(func=drain)
-    pc = sub.add_parser("protocols", help="/predict, v2 HTTP (JSON, binary) and v2 gRPC side "
-                                          "by side; writes docs/benchmarks.md's protocols "
-                                          "section")
-    pc.add_argument("--models", default="models")
+    pc = command("protocols", protocols,
+                 help="/predict, v2 HTTP (JSON, binary) and v2 gRPC side by side; writes "
+                      "docs/benchmarks.md's protocols section")
     pc.add_argument("--seconds", type=float, default=8.0, help="per row")
-    pc.add_argument("--out", default="docs")
-    pc.set_defaults(func=protocols)
-    sw = sub.add_parser("swap", help="version swaps under load; writes docs/benchmarks.md's "
-                                     "swap section")
-    sw.add_argument("--models", default="models")
+    sw = command("swap", swap, help="version swaps under load; writes docs/benchmarks.md's "
+                                    "swap section")
     sw.add_argument("--clients", type=int, default=64)
     sw.add_argument("--steady", type=float, default=20.0, help="seconds without swaps")
     sw.add_argument("--seconds", type=float, default=60.0, help="seconds with swaps")
     sw.add_argument("--every", type=float, default=5.0, help="seconds between swaps")
-    sw.add_argument("--out", default="docs")
-    sw.set_defaults(func=swap)
     a = p.parse_args(argv)
     return a.func(a)
 
