@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -13,14 +12,10 @@ from pathlib import Path
 
 import httpx
 
+from bench.cluster import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tree(pid: int) -> list[int]:
@@ -69,13 +64,14 @@ class Service:
     """`ortserve serve` on 127.0.0.1 with the given settings (env), or an external URL."""
 
     def __init__(self, models: Path, env: dict[str, str] | None = None,
-                 workers: int | None = None, url: str | None = None) -> None:
+                 workers: int | None = None, url: str | None = None,
+                 port: int | None = None) -> None:
         self.external = url is not None
         self.proc = None
         if url:
             self.url = url.rstrip("/")
             return
-        port = _free_port()
+        port = port or free_port()
         self.url = f"http://127.0.0.1:{port}"
         full_env = {**os.environ, "ORTSERVE_LOG_LEVEL": "warning", **(env or {})}
         if workers is not None and workers != 1:

@@ -1,4 +1,5 @@
-"""Real processes on loopback for integration tests: the service under uvicorn, Prometheus."""
+"""Real processes on loopback for integration tests: the service under uvicorn, Redis, a
+closed-loop /predict load; the balancer and Prometheus live in bench/cluster.py."""
 
 from __future__ import annotations
 
@@ -8,31 +9,15 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (httpx.HTTPError, OSError) as exc:
-            last = exc
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not reached in {timeout} s ({last})")
+# re-exported: the tests take every real-process helper from here
+from bench.cluster import ROOT as ROOT
+from bench.cluster import Daemon as Daemon
+from bench.cluster import free_port as free_port
+from bench.cluster import wait_until as wait_until
 
 
 class ServiceProcess:
@@ -110,34 +95,6 @@ def predictions(url: str, model: str, inputs: list, version: int | None = None,
     r = httpx.post(f"{url}/predict", json=body, headers=headers, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()["predictions"]
-
-
-class Daemon:
-    """A server from a Debian package, in a child process on loopback; started by the
-    test, stopped by its process id (never by name)."""
-
-    def __init__(self, name: str, args: list[str], log: Path, up, env: dict | None = None,
-                 timeout: float = 20) -> None:
-        import shutil
-
-        binary = shutil.which(name)
-        if binary is None:
-            raise RuntimeError(f"{name} is not installed (scripts/system-deps.sh installs it)")
-        self._log = open(log, "wb")
-        self.proc = subprocess.Popen([binary, *args], stdout=self._log,
-                                     stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
-        try:
-            wait_until(up, timeout, name)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self._log.close()
 
 
 class RedisProcess(Daemon):

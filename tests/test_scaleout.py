@@ -10,28 +10,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
+from bench.cluster import Haproxy
 from tests.builders import build_repository
-from tests.servers import ROOT, Daemon, PredictLoad, ServiceProcess, free_port, predictions
+from tests.servers import PredictLoad, ServiceProcess, free_port, predictions
 
 CLIENTS = 16
 ROWS = [[0.5, -1.0, 2.0, 0.25]]
 TEXTS = ["good great day"]
-
-
-class Balancer(Daemon):
-    def __init__(self, tmp_path: Path, ports: list[int]) -> None:
-        config = (ROOT / "deploy/haproxy/haproxy.cfg").read_text() + "".join(
-            f"    server r{i} 127.0.0.1:{p} check\n" for i, p in enumerate(ports))
-        path = tmp_path / "haproxy.cfg"
-        path.write_text(config)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__(
-            "haproxy", ["-f", str(path), "-db"], tmp_path / "haproxy.log",
-            lambda: httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200,
-            env={"ORTSERVE_LB_BIND": f"127.0.0.1:{self.port}"})
 
 
 @dataclass
@@ -39,7 +24,7 @@ class Cluster:
     repo: Path
     ports: list[int]
     replicas: list[ServiceProcess] = field(default_factory=list)
-    lb: Balancer | None = None
+    lb: Haproxy | None = None
 
     def start(self, i: int, tmp_path: Path, generation: int) -> ServiceProcess:
         return ServiceProcess(self.repo, tmp_path / f"r{i}-{generation}.log",
@@ -59,7 +44,7 @@ def cluster(tmp_path: Path):
     c = Cluster(build_repository(tmp_path / "models"), ports)
     try:
         c.replicas = [c.start(i, tmp_path, 0) for i in range(len(ports))]
-        c.lb = Balancer(tmp_path, ports)
+        c.lb = Haproxy(tmp_path, ports)
         yield c
     finally:
         if c.lb is not None:
