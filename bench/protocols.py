@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 from bench import load
+from bench.cluster import free_port
 from bench.sections import replace_section
-from bench.server import ROOT, Service, _free_port
+from bench.server import ROOT, Service
 from bench.workloads import text_workload
 
 TARGET = 0.90
@@ -78,7 +79,7 @@ def grpc_closed_loop(target: str, requests: list[bytes], concurrency: int,
 def run_protocols(models: Path, seconds: float, out: Path) -> int:
     from bench.__main__ import cpu_model
 
-    grpc_port = _free_port()
+    grpc_port = free_port()
     svc = Service(models, env={"ORTSERVE_MODELS": "sentiment",
                                "ORTSERVE_GRPC_PORT": str(grpc_port)})
     rows = []
