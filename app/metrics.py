@@ -47,6 +47,10 @@ class Metrics:
         self.request_latency = Histogram(
             "ortserve_request_duration_seconds", "Predict request latency in the server, by "
             "API.", ("api", *MODEL), buckets=MS_BUCKETS, registry=r)
+        self.input_seconds = Counter(
+            "ortserve_input_seconds", "Inputs x seconds each request spent in the model path "
+            "(admission to answer); its rate is the time-averaged number of inputs in flight "
+            "(Little's law), the autoscaling signal of deploy/kubernetes/.", MODEL, registry=r)
         self.queue_wait = Histogram(
             "ortserve_queue_wait_seconds", "Time from enqueue to the first batch that ran "
             "the request.", MODEL, buckets=MS_BUCKETS, registry=r)
@@ -75,7 +79,8 @@ class Metrics:
             "ortserve_rate_limit_backend_errors", "Rate-limit checks that could not reach "
             "Redis (requests allowed or refused per ORTSERVE_RATE_LIMIT_FAIL_OPEN).",
             registry=r)
-        self._per_version = (self.inputs, self.queue_wait, self.inference, self.batch_size,
+        self._per_version = (self.inputs, self.input_seconds, self.queue_wait, self.inference,
+                             self.batch_size,
                              self.batch_tokens, self.queue_depth, self.ready)
 
     def forget(self, model: str, version: str) -> None:
@@ -117,15 +122,18 @@ class RequestObserver:
                           for a in APIS for o in OUTCOMES}
         self._latency = {a: metrics.request_latency.labels(a, model, version) for a in APIS}
         self._inputs = metrics.inputs.labels(model, version)
+        self._input_seconds = metrics.input_seconds.labels(model, version)
         self._queue_wait = metrics.queue_wait.labels(model, version)
 
     def predicted(self, inputs: int, queue_wait_s: float) -> None:
         self._inputs.inc(inputs)
         self._queue_wait.observe(queue_wait_s)
 
-    def request_done(self, api: str, outcome: str, seconds: float) -> None:
+    def request_done(self, api: str, outcome: str, seconds: float, inputs: int = 0) -> None:
         self._requests[api, outcome].inc()
         self._latency[api].observe(seconds)
+        if inputs:
+            self._input_seconds.inc(inputs * seconds)
 
 
 class ModelObserver:

@@ -137,7 +137,7 @@ class LoadedModel:
         model that decodes them (a protocol's tensors): its errors count as this model's
         client errors."""
         t0 = time.perf_counter()
-        outcome = "server_error"
+        outcome, count = "server_error", 0
         self._inflight += 1
         self._idle.clear()
         try:
@@ -146,6 +146,7 @@ class LoadedModel:
             if callable(inputs):
                 inputs = inputs(self)
             payloads, costs = self.pipeline.preprocess(inputs)
+            count = len(payloads)
             job = self.queue.submit(payloads, costs)
             guard = _Guard(job, timeout_s, client_gone,
                            WATCH_AFTER_S if self.queue.runs_inline else 0.0)
@@ -177,7 +178,7 @@ class LoadedModel:
             outcome = "client_error"
             raise
         finally:
-            self.observer.request_done(api, outcome, time.perf_counter() - t0)
+            self.observer.request_done(api, outcome, time.perf_counter() - t0, count)
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()

@@ -1,0 +1,258 @@
+"""Scale-out on loopback: `python -m bench scaleout`.
+
+The Kubernetes topology of deploy/kubernetes/, with processes instead of pods: sentiment
+replicas of `ortserve serve` on 127.0.0.1 behind HAProxy (deploy/haproxy/haproxy.cfg,
+health checks on /health/ready) and a Prometheus scraping each replica with the project's
+rules. Four measurements, written to the `scaleout` section of docs/benchmarks.md:
+
+1. load signals: one replica at rising closed-loop concurrency; per level the throughput,
+   latency and the candidate autoscaling signals (time averages from the replica's own
+   counters, by Little's law): requests waiting in the model queue, requests in flight,
+   busy model instances;
+2. throughput of 1, 2 and 3 replicas at 64 clients, with the server CPU they used;
+3. a rolling restart at 64 clients (SIGTERM, exit 0, start again, ready, next replica) and
+   a SIGKILL of one replica: failed requests in each;
+4. the KEDA query of deploy/kubernetes/ (its range shortened to the scrape window), as
+   this Prometheus evaluates it while the replicas are overloaded and when idle.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import yaml
+
+from bench import load
+from bench.cluster import ROOT, Haproxy, Prometheus, free_port, wait_until
+from bench.sections import replace_section
+from bench.server import Service, cpu_seconds
+from bench.workloads import text_workload
+
+KEDA = ROOT / "deploy/kubernetes/autoscaling/keda/scaledobject.yaml"
+ENV = {"ORTSERVE_MODELS": "sentiment", "ORTSERVE_DRAIN_DELAY_S": "1"}
+
+
+def autoscaling_query(window: str | None = None) -> tuple[str, float]:
+    """The ScaledObject's Prometheus query and per-replica threshold; `window` replaces
+    the query's range (the manifest's [1m] suits a 15 s scrape; the local runs are short)."""
+    trigger = yaml.safe_load(KEDA.read_text())["spec"]["triggers"][0]["metadata"]
+    query = trigger["query"]
+    return (query.replace("[1m]", f"[{window}]") if window else query,
+            float(trigger["threshold"]))
+
+
+def counters(svc: Service) -> dict[str, float]:
+    return {"queued": svc.metric("ortserve_queue_wait_seconds_sum"),
+            "in_flight": svc.metric("ortserve_request_duration_seconds_sum"),
+            "in_flight_inputs": svc.metric("ortserve_input_seconds_total"),
+            "busy": svc.metric("ortserve_inference_duration_seconds_sum")}
+
+
+def signals(models: Path, levels: dict[int, list[int]], seconds: float) -> list[dict]:
+    """levels: texts per request -> client counts."""
+    svc = Service(models, env=ENV)
+    rows = []
+    try:
+        load.closed_loop(svc.url, "/predict", text_workload("sentiment", 1).bodies, 8, 2)
+        for per_request, conc in ((n, c) for n, cs in levels.items() for c in cs):
+            wl = text_workload("sentiment", per_request)
+            before, t0 = counters(svc), time.monotonic()
+            r = load.closed_loop(svc.url, wl.path, wl.bodies, conc, seconds)
+            elapsed = time.monotonic() - t0
+            after = counters(svc)
+            row = {"texts": per_request, "clients": conc, "rps": r["ok_rps"], "p50_ms": r["p50_ms"],
+                   "p99_ms": r["p99_ms"], "errors": r["errors"],
+                   **{k: (after[k] - before[k]) / elapsed for k in before}}
+            print(json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
+            rows.append(row)
+    finally:
+        svc.stop()
+    return rows
+
+
+class Replicas:
+    """n sentiment replicas on fixed ports, so that a restarted one takes its old place."""
+
+    def __init__(self, models: Path, n: int) -> None:
+        self.models, self.ports = models, [free_port() for _ in range(n)]
+        self.procs = [Service(models, env=ENV, port=p) for p in self.ports]
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(s.proc.pid) for s in self.procs)
+
+    def restart(self, i: int) -> int:
+        code = self.procs[i].stop()
+        self.procs[i] = Service(self.models, env=ENV, port=self.ports[i])
+        return code
+
+    def stop(self) -> None:
+        for s in self.procs:
+            if s.proc.poll() is None:
+                s.stop()
+
+
+def replicas_throughput(models: Path, seconds: float, clients: int) -> list[dict]:
+    wl = text_workload("sentiment", 1)
+    rows = []
+    for n in (1, 2, 3):
+        with tempfile.TemporaryDirectory() as tmp:
+            reps = Replicas(models, n)
+            lb = Haproxy(Path(tmp), reps.ports)
+            try:
+                load.closed_loop(lb.url, wl.path, wl.bodies, clients, 2)  # warm
+                cpu0 = reps.cpu()
+                r = load.closed_loop(lb.url, wl.path, wl.bodies, clients, seconds)
+                cpu = reps.cpu() - cpu0
+            finally:
+                lb.stop()
+                reps.stop()
+        row = {"replicas": n, "rps": r["ok_rps"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+               "errors": r["errors"], "cpu_s_per_request": cpu / max(r["requests"], 1),
+               "busy_cores": cpu / r["seconds"]}
+        print(json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)
+        rows.append(row)
+    return rows
+
+
+class Clients:
+    """`n` threads posting one text each to `/predict` in a closed loop until stopped;
+    every attempt is counted by outcome (ok, HTTP status, or the transport error)."""
+
+    def __init__(self, url: str, n: int) -> None:
+        self.counts: Counter = Counter()
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        body = json.dumps({"model": "sentiment", "inputs": ["quick and friendly"]}).encode()
+
+        def client() -> None:
+            with httpx.Client(timeout=60) as c:
+                while not self.stop.is_set():
+                    try:
+                        r = c.post(f"{url}/predict", content=body,
+                                   headers={"content-type": "application/json"})
+                        outcome = "ok" if r.status_code == 200 else str(r.status_code)
+                    except httpx.TransportError as exc:
+                        outcome = type(exc).__name__
+                    with self.lock:
+                        self.counts[outcome] += 1
+
+        self.threads = [threading.Thread(target=client, daemon=True) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def snapshot(self) -> Counter:
+        with self.lock:
+            return Counter(self.counts)
+
+    def close(self) -> Counter:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+        return self.snapshot()
+
+
+def failed(c: Counter) -> int:
+    return sum(v for k, v in c.items() if k != "ok")
+
+
+def restarts_and_signal(models: Path, clients: int, window_s: float) -> dict:
+    """Rolling restart, SIGKILL and the autoscaling query, on one 3-replica cluster."""
+    query, threshold = autoscaling_query(f"{window_s:g}s")
+    out: dict = {"query": query, "threshold": threshold}
+    with tempfile.TemporaryDirectory() as tmp:
+        reps = Replicas(models, 3)
+        lb = prom = None
+        try:
+            lb = Haproxy(Path(tmp), reps.ports)
+            prom = Prometheus(Path(tmp), reps.ports)
+            wait_until(lambda: prom.targets_up() == 3, 60, "Prometheus scraping 3 replicas")
+            time.sleep(window_s + 2)
+            out["idle"] = prom.query(query) or 0.0
+            load_ = Clients(lb.url, clients)
+            time.sleep(window_s + 2)
+            out["overloaded"] = prom.query(query) or 0.0
+            exits = []
+            for i in range(3):
+                exits.append(reps.restart(i))
+                time.sleep(0.75)  # HAProxy's rise: 2 good checks 250 ms apart
+            rolled = load_.snapshot()
+            reps.procs[0].proc.send_signal(signal.SIGKILL)
+            reps.procs[0].proc.wait()
+            time.sleep(2.0)
+            after_kill = load_.snapshot()
+            time.sleep(2.0)
+            final = load_.close()
+            out.update(
+                exit_codes=exits, rolling_answered=rolled["ok"], rolling_failed=failed(rolled),
+                kill_failed=failed(after_kill) - failed(rolled),
+                after_window_failed=failed(final) - failed(after_kill),
+                kill_kinds={k: after_kill[k] - rolled.get(k, 0) for k in after_kill
+                            if k != "ok" and after_kill[k] != rolled.get(k, 0)},
+                answered=final["ok"])
+            print(json.dumps(out), flush=True)
+        finally:
+            for d in (prom, lb):
+                if d is not None:
+                    d.stop()
+            reps.stop()
+    return out
+
+
+def run_scaleout(models: Path, seconds: float, clients: int, out: Path) -> int:
+    from bench.__main__ import cpu_model
+
+    sig = signals(models, {1: [1, 2, 4, 8, 16, 64], 16: [1, 2, 4, 8]}, seconds)
+    thr = replicas_throughput(models, seconds, clients)
+    rr = restarts_and_signal(models, clients, window_s=10)
+    base = sig[0]
+    lines = [
+        "## Scale-out on loopback: replicas behind HAProxy, scraped by Prometheus", "",
+        f"Generated by `python -m bench scaleout` (sentiment, one text per request, wrk "
+        f"closed loop for {seconds:g} s per row; replicas, HAProxy, Prometheus and the "
+        "load generator share the machine's cores).", "",
+        f"- machine: {cpu_model()}",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+        "### Which signal predicts saturation", "",
+        "One replica. Time averages over each row from the replica's own counters (Little's "
+        "law): *waiting* = `rate(ortserve_queue_wait_seconds_sum)`, requests queued for the "
+        "model; *in flight* = `rate(ortserve_request_duration_seconds_sum)`, requests inside "
+        "the server; *busy* = `rate(ortserve_inference_duration_seconds_sum)`, model "
+        "instances running.", "",
+        "| clients | requests/s | p50 ms | p99 ms | waiting | in flight | busy |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {r['clients']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+              f"{r['queued']:.2f} | {r['in_flight']:.2f} | {r['busy']:.2f} |" for r in sig]
+    lines += ["", f"(p50 alone at one client: {base['p50_ms']:.1f} ms.)", "",
+              "### Throughput of 1, 2 and 3 replicas", "",
+              f"{clients} clients through HAProxy. On a 2-core host the replicas compete for "
+              "the same cores, so total throughput cannot grow with replicas here; the "
+              "figure to read is the CPU each request costs (per-core efficiency), which "
+              "says what N replicas on N separate nodes would deliver.", "",
+              "| replicas | requests/s | p50 ms | p99 ms | errors | server CPU ms per request "
+              "| busy cores |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['replicas']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+              f"{r['errors']} | {1000 * r['cpu_s_per_request']:.2f} | {r['busy_cores']:.2f} |"
+              for r in thr]
+    lines += ["", "### Rolling restart, SIGKILL and the autoscaling signal", "",
+              f"Three replicas, {clients} Python clients through HAProxy (`retries 3`, "
+              "`retry-on conn-failure empty-response`, checks every 250 ms, `fall 1`).", "",
+              f"- rolling restart (SIGTERM, wait for exit, start, ready, next): exit codes "
+              f"{rr['exit_codes']}, {rr['rolling_answered']} answered, "
+              f"**{rr['rolling_failed']} failed**",
+              f"- SIGKILL of one replica: {rr['kill_failed']} failed in the 2 s after the kill "
+              f"{json.dumps(rr['kill_kinds']) if rr['kill_kinds'] else ''}, "
+              f"{rr['after_window_failed']} in the 2 s after that",
+              f"- KEDA query `{rr['query']}` (threshold {rr['threshold']:g} per replica): "
+              f"idle {rr['idle']:.2f}, overloaded {rr['overloaded']:.2f}; with "
+              f"`metricType: AverageValue` KEDA asks for ceil(value / threshold) = "
+              f"{max(1, -(-rr['overloaded'] // rr['threshold'])):.0f} replicas under this "
+              "load"]
+    replace_section(out / "benchmarks.md", "scaleout", "\n".join(lines))
+    return 0 if rr["rolling_failed"] == 0 and all(c == 0 for c in rr["exit_codes"]) else 1
