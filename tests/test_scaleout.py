@@ -1,6 +1,7 @@
 """Three replicas on loopback behind a real HAProxy (deploy/haproxy/haproxy.cfg) that
-health-checks /health/ready: a rolling restart under load fails nothing, and a replica
-killed outright costs at most the requests it held."""
+health-checks /health/ready: a rolling restart under load fails nothing, a replica killed
+outright costs at most the requests it held, and a real Prometheus scraping the three
+evaluates the Kubernetes autoscaling query above its threshold under overload only."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.cluster import Haproxy
+from bench.cluster import Haproxy, Prometheus, wait_until
+from bench.scaleout import autoscaling_query
 from tests.builders import build_repository
 from tests.servers import PredictLoad, ServiceProcess, free_port, predictions
 
@@ -84,3 +86,26 @@ def test_a_killed_replica_costs_at_most_the_requests_it_held(tmp_path):
     # killed replica held when it died: at most one request per client
     print(f"SIGKILL of 1 of 3 replicas: {failed_in_window} failed, {load.answered()} answered")
     assert failed_in_window <= CLIENTS, load.failures[:5]
+
+
+def test_the_autoscaling_query_crosses_its_threshold_only_under_overload(tmp_path):
+    """What KEDA would see: deploy/kubernetes/components/keda's query (its [1m] range cut
+    to 5 s), evaluated by Prometheus over the three replicas, divided by the replica count
+    as KEDA's AverageValue does, against the manifest's threshold."""
+    query, threshold = autoscaling_query("5s")
+    with cluster(tmp_path) as c:
+        prom = Prometheus(tmp_path, c.ports)
+        try:
+            wait_until(lambda: prom.targets_up() == 3, 60, "Prometheus scraping 3 replicas")
+            time.sleep(6)  # one whole window without traffic
+            idle = (prom.query(query) or 0.0) / 3
+            assert idle < 1 < threshold
+            texts = TEXTS * 16  # 24 clients x 16 texts: far more inputs than 3 x threshold
+            job = ("sentiment", texts, {1: predictions(c.lb.url, "sentiment", texts)})
+            with PredictLoad(c.lb.url, [job], 24) as load:
+                wait_until(lambda: (prom.query(query) or 0.0) / 3 > threshold, 60,
+                           f"{query} / 3 above {threshold}")
+            assert load.failures == []
+            print(f"autoscaling signal per replica: idle {idle:.2f}, overloaded > {threshold}")
+        finally:
+            prom.stop()
