@@ -15,6 +15,7 @@ overlay (alone and with every component), against the schemas of the stated vers
 from __future__ import annotations
 
 import functools
+import json
 import re
 import subprocess
 import sys
@@ -130,10 +131,19 @@ def _openapi_schema(type_name: str, defs: dict) -> dict:
     return {"$ref": f"#/$defs/{t}"}
 
 
-def _sdk_schema(class_name: str) -> dict:
+def _sdk_schema_here(class_name: str) -> dict:
     defs: dict = {}
     root = _openapi_schema(class_name, defs)
     return {**root, "$defs": defs}
+
+
+def _sdk_schema(class_name: str) -> dict:
+    """Built in a child process: importing the kserve package registers the Open Inference
+    Protocol's protobuf messages, which clash with ortserve's own (and tritonclient's) in
+    one process."""
+    out = subprocess.run([sys.executable, "-m", "scripts.k8s_validate", "--sdk-schema",
+                          class_name], capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(out.stdout)
 
 
 @functools.cache
@@ -203,6 +213,9 @@ def validate_all(root: Path = MANIFESTS) -> list[str]:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--sdk-schema"]:
+        print(json.dumps(_sdk_schema_here(sys.argv[2])))
+        return 0
     errors = validate_all()
     for e in errors:
         print(e, file=sys.stderr)
