@@ -90,8 +90,12 @@ class Settings(BaseSettings):
                                "idle model starts a lone request at once; a free instance "
                                "waits (at most a quarter of a batch run) only while another "
                                "one is busy.")
-    max_queue_size: int = Field(256, ge=1, description="Inputs queued per model before 503 "
-                                "(a manifest may set its own).")
+    max_queue_size: int = Field(
+        4096, ge=1, description="Hard bound on inputs queued per model (memory: a queued text "
+                                "holds its token ids, at most 2 KB at 256 tokens). Requests are "
+                                "admitted by deadline first: 503 at once when the queue is "
+                                "not expected to answer them in time (a manifest may set its "
+                                "own bound).")
     batching: dict[str, BatchingOverride] = Field(default_factory=dict,
                                                   description="Per-model batching overrides "
                                                               "(JSON), e.g. {\"sentiment\": "

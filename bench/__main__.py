@@ -318,6 +318,12 @@ def drain(a: argparse.Namespace) -> int:
     return run_drain(Path(a.models), a.clients, a.before, a.runs, Path(a.out))
 
 
+def admission(a: argparse.Namespace) -> int:
+    from bench.admission import run_admission
+
+    return run_admission(Path(a.models), a.seconds, Path(a.out))
+
+
 def scaleout(a: argparse.Namespace) -> int:
     from bench.scaleout import run_scaleout
 
@@ -383,6 +389,11 @@ def main(argv: list[str] | None = None) -> int:
                       "docs/benchmarks.md's scaleout section")
     so.add_argument("--seconds", type=float, default=8.0, help="per row")
     so.add_argument("--clients", type=int, default=64)
+    ad = command("admission", admission,
+                 help="deadline-aware admission: 16 texts x 64 clients, then twice the "
+                      "sustainable load with 1 s deadlines; writes docs/benchmarks.md's "
+                      "admission section")
+    ad.add_argument("--seconds", type=float, default=15.0, help="per measurement")
     a = p.parse_args(argv)
     return a.func(a)
 

@@ -61,7 +61,9 @@ def closed_loop(url: str, path: str, bodies: list[bytes] | None, connections: in
 
 
 async def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float,
-                     seconds: float, max_connections: int, verify=None) -> dict:
+                     seconds: float, max_connections: int, verify=None,
+                     headers: dict[str, str] | None = None) -> dict:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()).encode()
     idle: asyncio.Queue = asyncio.Queue()
     opened = 0
     latencies: list[float] = []
@@ -81,7 +83,7 @@ async def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate:
                 conn = await idle.get()
             reader, writer = conn
             writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: "
+                         + extra + b"Content-Type: application/json\r\nContent-Length: "
                          + str(len(body)).encode() + b"\r\n\r\n" + body)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
@@ -127,6 +129,7 @@ async def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate:
 
     return {"offered_rps": rate, "sent": n, "completed": len(latencies),
             "accepted": accepted, "rejected_503": statuses.get(503, 0),
+            "timeout_504": statuses.get(504, 0),
             "other_status": sum(v for k, v in statuses.items() if k not in (200, 503)),
             "failures": failures, "wrong_answers": wrong, "rps": accepted / elapsed,
             "p50_ms": pct(ok, 0.5), "p95_ms": pct(ok, 0.95), "p99_ms": pct(ok, 0.99),
@@ -135,7 +138,8 @@ async def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate:
 
 
 def open_loop(url: str, path: str, bodies: list[bytes], rate: float, seconds: float,
-              max_connections: int = 1024, verify=None) -> dict:
+              max_connections: int = 1024, verify=None,
+              headers: dict[str, str] | None = None) -> dict:
     """Requests at a fixed arrival rate whatever the answers (no coordinated omission)."""
     host, port = url.split("//", 1)[1].split(":")
     try:
@@ -146,6 +150,6 @@ def open_loop(url: str, path: str, bodies: list[bytes], rate: float, seconds: fl
         runner = asyncio.run
     cpu0 = time.process_time()
     out = runner(_open_loop(host, int(port), path, bodies, rate, seconds, max_connections,
-                            verify))
+                            verify, headers))
     out["client_cpu_s"] = time.process_time() - cpu0
     return out

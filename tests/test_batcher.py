@@ -313,3 +313,64 @@ def test_length_buckets_partition_and_never_cost_more_than_one_run(lengths, over
     if lengths:
         assert cost(runs) <= cost([(0, len(lengths))])
         assert cost(runs) <= cost([(i, i + 1) for i in range(len(lengths))])
+
+
+class Timed:
+    """A model whose batch takes `per_item` seconds per input (slept, so it is real time)."""
+
+    def __init__(self, per_item: float) -> None:
+        self.per_item = per_item
+
+    def __call__(self, payloads):
+        import time
+
+        time.sleep(self.per_item * len(payloads))
+        return list(payloads)
+
+
+async def test_admission_refuses_at_once_what_cannot_finish_before_its_deadline():
+    import time
+
+    q = make(Timed(0.002), max_batch_size=8)
+    await q.warm_up([1] * 8, [1] * 8)  # measured: about 2 ms per input
+    first = q.submit(list(range(200)), [1] * 200, deadline=time.perf_counter() + 30)
+    # 200 queued inputs take about 0.4 s: a request due in 0.1 s is refused, at once
+    t0 = time.perf_counter()
+    with pytest.raises(QueueFull) as err:
+        q.submit([1], [1], deadline=time.perf_counter() + 0.1)
+    assert time.perf_counter() - t0 < 0.01
+    assert err.value.retry_after_s >= 1
+    assert "deadline" in err.value.message
+    # the same request with time to spare is admitted, and finishes in time
+    deadline = time.perf_counter() + 5
+    late = q.submit([1], [1], deadline=deadline)
+    await late.future
+    assert time.perf_counter() < deadline
+    await first.future
+    await q.close()
+
+
+async def test_admission_takes_more_than_the_old_count_bound_when_deadlines_allow():
+    """64 requests x 16 inputs (1,024 queued, four times the former default bound of 256)
+    that the model answers well inside their deadline: none is refused."""
+    import time
+
+    q = make(Timed(0.0001), max_batch_size=64, max_queue_size=4096)
+    await q.warm_up([1] * 64, [1] * 64)
+    jobs = [q.submit(list(range(16)), [1] * 16, deadline=time.perf_counter() + 30)
+            for _ in range(64)]
+    results = await asyncio.gather(*(j.future for j in jobs))
+    assert all(r == list(range(16)) for r in results)
+    await q.close()
+
+
+async def test_expected_wait_follows_the_queue():
+    q = make(Timed(0.001), max_batch_size=4)
+    assert q.expected_wait(1) is None  # nothing measured yet: only the count bound applies
+    await q.warm_up([1] * 4, [1] * 4)
+    empty = q.expected_wait(1)
+    job = q.submit(list(range(40)), [1] * 40)
+    assert q.expected_wait(1) > 10 * empty
+    await job.future
+    assert q.expected_wait(1) == pytest.approx(empty, rel=0.5)  # drained: one input again
+    await q.close()

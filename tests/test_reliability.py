@@ -61,12 +61,36 @@ async def test_full_queue_answers_503_with_retry_after_at_once(make_client, repo
         codes.count(503)
 
 
-async def test_deadline_gives_504_and_the_item_never_runs(make_client, repo):
+async def test_a_request_the_queue_cannot_answer_in_time_is_refused_at_once(make_client,
+                                                                            repo):
     add_slow_model(repo)
     client = await make_client(instances=1)  # one run at a time, whatever the core count
     svc = client.app.state.ortserve.registry.get("slow")
     runs_before = svc.queue.batches_run
-    # three rows at batch size 1 keep the model busy for three runs
+    # three rows at batch size 1 keep the model busy for three (measured) runs
+    first = asyncio.ensure_future(client.post("/predict", json={"model": "slow",
+                                                                 "inputs": [ROW] * 3}))
+    await asyncio.sleep(0.01)
+    late = await client.post("/predict", json={"model": "slow", "inputs": [ROW, ROW, ROW]},
+                             headers={"X-Request-Timeout": "0.05"})
+    assert late.status_code == 503 and late.json()["error"]["code"] == "queue_full"
+    assert "deadline" in late.json()["error"]["message"]
+    assert int(late.headers["retry-after"]) >= 1
+    assert (await first).status_code == 200
+    await svc.queue.drain()
+    assert svc.queue.batches_run - runs_before == 3  # the refused items never ran
+    m = (await client.get("/metrics")).text
+    assert metric_value(m, 'ortserve_requests_total{api="v1",model="slow",outcome="rejected"') == 1
+    assert metric_value(m, 'ortserve_requests_total{api="v1",model="slow",outcome="timeout"') == 0
+
+
+async def test_deadline_gives_504_and_the_item_never_runs(make_client, repo):
+    """An admitted request whose deadline passes in the queue: without warm-up the model's
+    cost is unknown until its first batch ends, so admission has no estimate yet."""
+    add_slow_model(repo)
+    client = await make_client(instances=1, warmup=False)
+    svc = client.app.state.ortserve.registry.get("slow")
+    runs_before = svc.queue.batches_run
     first = asyncio.ensure_future(client.post("/predict", json={"model": "slow",
                                                                  "inputs": [ROW] * 3}))
     await asyncio.sleep(0.01)
@@ -82,7 +106,7 @@ async def test_deadline_gives_504_and_the_item_never_runs(make_client, repo):
 
 async def test_header_cannot_raise_the_server_deadline(make_client, repo):
     add_slow_model(repo)
-    client = await make_client(request_timeout_s=0.001)
+    client = await make_client(request_timeout_s=0.001, warmup=False)  # admitted: no estimate
     r = await client.post("/predict", json={"model": "slow", "inputs": [ROW]},
                           headers={"X-Request-Timeout": "100"})
     assert r.status_code == 504

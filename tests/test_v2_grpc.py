@@ -94,24 +94,30 @@ def test_errors_auth_and_deadline_map_to_grpc_status(client):
         client.infer("tabular", [_rows(ROWS)])
     with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
         client.infer("tabular", [_rows(ROWS)], headers={"authorization": "Bearer wrong"})
-    with pytest.raises(InferenceServerException, match="DEADLINE_EXCEEDED"):
+    # refused at once: the queue cannot answer within the call's deadline (retryable)
+    with pytest.raises(InferenceServerException, match="UNAVAILABLE.*deadline"):
         client.infer("slow", [_rows(ROWS * 4)], headers=KEY, client_timeout=0.05)
 
 
 def test_the_grpc_deadline_is_the_servers_deadline(client, service):
-    """The call's deadline reaches the batcher: the server gives up too (outcome timeout),
-    instead of running the whole request for nobody."""
-    from tests.servers import metric_value, wait_until
+    """The call's deadline reaches admission: a call the slow model cannot answer in time
+    is refused at once (outcome rejected) with the time it had left, instead of being run
+    for nobody."""
+    import re
 
-    key = 'ortserve_requests_total{api="grpc",model="slow",outcome="timeout"'
+    from tests.servers import metric_value
 
-    def timeouts() -> float:
+    key = 'ortserve_requests_total{api="grpc",model="slow",outcome="rejected"'
+
+    def rejected() -> float:
         return metric_value(httpx.get(f"{service.url}/metrics", timeout=10).text, key)
 
-    before = timeouts()
-    with pytest.raises(InferenceServerException, match="DEADLINE_EXCEEDED"):
+    before = rejected()
+    with pytest.raises(InferenceServerException, match="UNAVAILABLE") as err:
         client.infer("slow", [_rows(ROWS * 8)], headers=KEY, client_timeout=0.2)
-    wait_until(lambda: timeouts() > before, 20, "the server's own timeout")
+    left = float(re.search(r"\(([0-9.]+) s left\)", str(err.value)).group(1))
+    assert 0 < left < 0.2  # the call's deadline, less the server's margin
+    assert rejected() == before + 1
 
 
 def test_repository_rpcs_take_the_admin_key(client):

@@ -60,9 +60,15 @@ def error_response(code: str, message: str, status: int, details: Any = None,
                         headers=headers)
 
 
+def retry_after(exc: ServingError) -> dict[str, str] | None:
+    """The Retry-After header (whole seconds, at least 1) of an error that has one."""
+    if exc.retry_after_s is None:
+        return None
+    return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+
+
 def serving_error_response(exc: ServingError) -> JSONResponse:
-    headers = ({"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
-               if exc.retry_after_s is not None else None)
+    headers = retry_after(exc)
     if exc.code == "unauthorized":
         headers = {"WWW-Authenticate": "Bearer"}
     return error_response(exc.code, exc.message, status_of(exc), exc.details, headers)

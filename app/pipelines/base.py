@@ -47,6 +47,10 @@ class Pipeline(ABC):
     def warmup_payloads(self, max_batch_size: int) -> list[list[Any]]:
         """Batches that cover the sizes and lengths this model will see."""
 
+    def cost(self, payload: Any) -> int:
+        """The cost preprocess gives this payload: 1 (a row); texts: their token count."""
+        return 1
+
     def run_batch(self, run: RunFn, payloads: list[Any]) -> np.ndarray:
         """Runs in the batch worker's thread; returns one output row per payload."""
         return self.activate(run(self.collate(payloads)))

@@ -74,7 +74,7 @@ class TextClassificationPipeline(Pipeline):
             texts.append(text)
         encodings = self._encode(texts, add_special_tokens=True)
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
-        return ids, [len(x) for x in ids]
+        return ids, [self.cost(x) for x in ids]
 
     def collate(self, payloads: list[Any]) -> dict[str, np.ndarray]:
         length = max(len(p) for p in payloads)
@@ -101,6 +101,9 @@ class TextClassificationPipeline(Pipeline):
                 out = np.empty((len(payloads), probs.shape[1]), dtype=probs.dtype)
             out[idx] = probs
         return out
+
+    def cost(self, payload: Any) -> int:
+        return len(payload)
 
     def warmup_payloads(self, max_batch_size: int) -> list[list[Any]]:
         cls_ = self.tokenizer.token_to_id("[CLS]") or 101

@@ -82,6 +82,11 @@ INLINE_RUN_S = 0.0003
 # The longest a free instance waits for its share of the queue, as a fraction of the recent
 # batch run time (see BatchQueue._patience_left).
 PATIENCE_FRACTION = 0.25
+# Admission: a job is taken when its expected finish, stretched by this factor, is before
+# its deadline (the estimate is an average; the margin keeps admitted misses rare).
+ADMISSION_MARGIN = 1.15
+# Weight of older batches in the run-cost estimate (decayed sums of seconds and padded cost).
+COST_DECAY = 0.9
 
 
 def _outcome(future: asyncio.Future) -> tuple[Sequence[Any], float] | BaseException:
@@ -117,24 +122,62 @@ class BatchQueue:
         self.batches_run = 0
         self._recent_run_s = 1.0  # moving average of batch run time; starts off the loop
         self._run_time_measured = False
+        # admission by deadline: queued cost and the measured seconds per unit of padded cost
+        self._queued_cost = 0
+        self._cost_seconds = 0.0  # decayed sum of batch run seconds
+        self._cost_units = 0.0  # decayed sum of their padded cost (longest x count)
+        self._cost_given = 0.0  # decayed sum of their items' own costs (padding ratio)
 
     # -- producer side -------------------------------------------------------------------
-    def submit(self, payloads: Sequence[Any], costs: Sequence[int]) -> Job:
+    def submit(self, payloads: Sequence[Any], costs: Sequence[int],
+               deadline: float | None = None) -> Job:
+        """Queue a job, or refuse it at once (QueueFull, with a Retry-After from the expected
+        wait) when it cannot be expected to finish before `deadline` (a perf_counter time),
+        or when the queue already holds `max_queue_size` inputs (the memory bound)."""
         if self._worker is None or self._worker.done():
             raise ModelNotReady("model is not accepting work")
         n = len(payloads)
+        cost = sum(costs)
         if len(self._queue) + n > self.limits.max_queue_size:
             raise QueueFull(f"queue full ({len(self._queue)} of {self.limits.max_queue_size} "
-                            "inputs waiting); retry shortly", retry_after_s=1)
+                            "inputs waiting); retry shortly",
+                            retry_after_s=self.expected_wait(0) or 1)
+        if deadline is not None:
+            expected = self.expected_wait(cost)
+            if expected is not None and (time.perf_counter() + ADMISSION_MARGIN * expected
+                                         > deadline):
+                raise QueueFull(
+                    f"the queue would take about {expected:.2f} s to answer this request, "
+                    f"past its deadline ({max(0.0, deadline - time.perf_counter()):.2f} s "
+                    "left); retry later or with a longer deadline",
+                    retry_after_s=max(1.0, self.expected_wait(0) or 1))
         job = Job(payloads, costs, asyncio.get_running_loop().create_future())
         if n == 1:
             self._queue.append((job, 0))
         else:
             self._queue.extend((job, i) for i in range(n))
+        self._queued_cost += cost
         self._idle.clear()
         self._observer.queue_depth(len(self._queue))
         self._wakeup.set()
         return job
+
+    def expected_wait(self, cost: int) -> float | None:
+        """Seconds until everything queued, plus a job of `cost`, would have run: the queued
+        cost at the measured seconds per padded cost unit, spread over the instances, plus
+        half a run of the batches in flight when every instance is busy. None until a batch
+        has been measured."""
+        if self._cost_units <= 0:
+            return None
+        per_unit = self._cost_seconds / self._cost_units
+        padding = self._cost_units / max(self._cost_given, 1e-9)
+        own = cost * padding * per_unit
+        queued = (self._queued_cost + cost) * padding * per_unit / self.instances
+        busy = self._recent_run_s / 2 if self._running >= self.instances else 0.0
+        return max(own, queued) + busy
+
+    def _dequeued(self, job: Job, i: int) -> None:
+        self._queued_cost -= job.costs[i]
 
     # -- worker side ---------------------------------------------------------------------
     def start(self) -> None:
@@ -143,7 +186,7 @@ class BatchQueue:
 
     def _drop_dead_head(self) -> None:
         while self._queue and self._queue[0][0].dead:
-            self._queue.popleft()
+            self._dequeued(*self._queue.popleft())
 
     def _take(self) -> list[tuple[Job, int]]:
         lim = self.limits
@@ -152,13 +195,14 @@ class BatchQueue:
         while self._queue and len(batch) < lim.max_batch_size:
             job, i = self._queue[0]
             if job.dead:
-                self._queue.popleft()
+                self._dequeued(*self._queue.popleft())
                 continue
             cost = max(longest, job.costs[i])
             if batch and cost * (len(batch) + 1) > lim.max_batch_tokens:
                 break
             longest = cost
             batch.append(self._queue.popleft())
+            self._dequeued(job, i)
         return batch
 
     async def _wait_for_company(self) -> None:
@@ -268,6 +312,7 @@ class BatchQueue:
         outputs, seconds = result
         self.observe_run_time(seconds)
         padded = max(job.costs[i] for job, i in batch) * len(batch)
+        self._observe_cost(seconds, padded, sum(job.costs[i] for job, i in batch))
         self._observer.batch_done(len(batch), padded, seconds)
         for job in dict.fromkeys(job for job, _ in batch):
             job.inference_s += seconds  # a split job sums the batches it took part in
@@ -293,12 +338,20 @@ class BatchQueue:
         else:
             self._recent_run_s, self._run_time_measured = seconds, True
 
-    async def warm_up(self, payloads: list[Any]) -> None:
+    def _observe_cost(self, seconds: float, padded: int, given: int) -> None:
+        self._cost_seconds = COST_DECAY * self._cost_seconds + seconds
+        self._cost_units = COST_DECAY * self._cost_units + padded
+        self._cost_given = COST_DECAY * self._cost_given + given
+
+    async def warm_up(self, payloads: list[Any], costs: Sequence[int] | None = None) -> None:
         """Run one batch outside the queue on a model thread; the batcher starts from the
-        warm model's run time instead of a guess."""
+        warm model's run time (and, given the items' costs, its cost per unit) instead of a
+        guess."""
         _, seconds = await asyncio.get_running_loop().run_in_executor(
             self._executor, self._timed_run, payloads)
         self.observe_run_time(seconds)
+        if costs:
+            self._observe_cost(seconds, max(costs) * len(costs), sum(costs))
 
     def _timed_run(self, payloads: list[Any]) -> tuple[Sequence[Any], float]:
         """Run a batch; also return its run time, measured where it ran.
@@ -326,6 +379,7 @@ class BatchQueue:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
             self._worker = None  # the cancelled task and its traceback refer back to us
+        self._queued_cost = 0
         while self._queue:
             job, _ = self._queue.popleft()
             if not job.future.done():

@@ -103,7 +103,8 @@ async def load(source: ModelSource, settings: Settings, metrics: Metrics) -> Loa
     try:
         if s.warmup:
             for payloads in pipeline.warmup_payloads(limits.max_batch_size):
-                await queue.warm_up(payloads[:limits.max_batch_size])
+                batch = payloads[:limits.max_batch_size]
+                await queue.warm_up(batch, [pipeline.cost(p) for p in batch])
     except Exception as exc:  # noqa: BLE001
         await queue.close()
         raise LoadError("warmup", f"warm-up failed: {type(exc).__name__}: {exc}") from exc

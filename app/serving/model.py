@@ -147,7 +147,7 @@ class LoadedModel:
                 inputs = inputs(self)
             payloads, costs = self.pipeline.preprocess(inputs)
             count = len(payloads)
-            job = self.queue.submit(payloads, costs)
+            job = self.queue.submit(payloads, costs, deadline=t0 + timeout_s)
             guard = _Guard(job, timeout_s, client_gone,
                            WATCH_AFTER_S if self.queue.runs_inline else 0.0)
             try:

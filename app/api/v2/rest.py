@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from app import __version__
-from app.api.errors import STATUS, status_of
+from app.api.errors import STATUS, retry_after, status_of
 from app.api.http import BadTimeout, BodyLost, client_gone, header, read_body, timeout_header
 from app.api.lean import LeanRoute
 from app.api.v2 import schemas
@@ -61,8 +61,7 @@ def v2_errors(handler: Callable[[Request], Awaitable[Response]]):
         try:
             return await handler(request)
         except ServingError as exc:
-            headers = ({"Retry-After": "1"} if exc.retry_after_s is not None else None)
-            return error(status_of(exc, V2_STATUS), exc.message, headers)
+            return error(status_of(exc, V2_STATUS), exc.message, retry_after(exc))
         except BadTimeout as exc:
             return error(400, str(exc))
         except BodyLost:
