@@ -48,6 +48,7 @@ class Job:
     started_at: float | None = None
     inference_s: float = 0.0
     cancelled: bool = False
+    predicted_s: float = 0.0  # admission's uncalibrated estimate of enqueue to done
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.payloads)
@@ -84,9 +85,12 @@ INLINE_RUN_S = 0.0003
 PATIENCE_FRACTION = 0.25
 # Admission: a job is taken when its expected finish, stretched by this factor, is before
 # its deadline (the estimate is an average; the margin keeps admitted misses rare).
-ADMISSION_MARGIN = 1.15
+ADMISSION_MARGIN = 1.05
 # Weight of older batches in the run-cost estimate (decayed sums of seconds and padded cost).
 COST_DECAY = 0.9
+# Jobs whose estimate is at least this long teach admission how late jobs really finish
+# (the model's own cost leaves out the event loop's backlog and CPU shared with it).
+CALIBRATE_ABOVE_S = 0.01
 
 
 def _outcome(future: asyncio.Future) -> tuple[Sequence[Any], float] | BaseException:
@@ -127,6 +131,8 @@ class BatchQueue:
         self._cost_seconds = 0.0  # decayed sum of batch run seconds
         self._cost_units = 0.0  # decayed sum of their padded cost (longest x count)
         self._cost_given = 0.0  # decayed sum of their items' own costs (padding ratio)
+        self._lateness = 1.0  # moving average of (actual / estimated) enqueue-to-done time
+        self._lateness_dev = 0.0  # its mean absolute deviation
 
     # -- producer side -------------------------------------------------------------------
     def submit(self, payloads: Sequence[Any], costs: Sequence[int],
@@ -142,7 +148,9 @@ class BatchQueue:
             raise QueueFull(f"queue full ({len(self._queue)} of {self.limits.max_queue_size} "
                             "inputs waiting); retry shortly",
                             retry_after_s=self.expected_wait(0) or 1)
+        predicted = None
         if deadline is not None:
+            predicted = self._model_wait(cost)
             expected = self.expected_wait(cost)
             if expected is not None and (time.perf_counter() + ADMISSION_MARGIN * expected
                                          > deadline):
@@ -152,6 +160,7 @@ class BatchQueue:
                     "left); retry later or with a longer deadline",
                     retry_after_s=max(1.0, self.expected_wait(0) or 1))
         job = Job(payloads, costs, asyncio.get_running_loop().create_future())
+        job.predicted_s = predicted or 0.0
         if n == 1:
             self._queue.append((job, 0))
         else:
@@ -163,10 +172,17 @@ class BatchQueue:
         return job
 
     def expected_wait(self, cost: int) -> float | None:
-        """Seconds until everything queued, plus a job of `cost`, would have run: the queued
-        cost at the measured seconds per padded cost unit, spread over the instances, plus
-        half a run of the batches in flight when every instance is busy. None until a batch
-        has been measured."""
+        """Seconds until everything queued, plus a job of `cost`, would be answered: the
+        model's own estimate (`_model_wait`) times how late jobs have really finished
+        against it (never read as faster than the model's own estimate by more than 25%).
+        None until a batch has been measured."""
+        raw = self._model_wait(cost)
+        late = self._lateness + 2 * self._lateness_dev  # most jobs, not the average one
+        return None if raw is None else raw * max(0.75, late)
+
+    def _model_wait(self, cost: int) -> float | None:
+        """The queued cost at the measured seconds per padded cost unit, spread over the
+        instances, plus half a run of the batches in flight when every instance is busy."""
         if self._cost_units <= 0:
             return None
         per_unit = self._cost_seconds / self._cost_units
@@ -323,6 +339,12 @@ class BatchQueue:
             job.remaining -= 1
             if job.remaining == 0:
                 job.future.set_result(job.results)
+                if job.predicted_s >= CALIBRATE_ABOVE_S:
+                    late = (time.perf_counter() - job.enqueued_at) / job.predicted_s
+                    late = min(max(late, 0.5), 10.0)
+                    self._lateness_dev = (0.9 * self._lateness_dev
+                                          + 0.1 * abs(late - self._lateness))
+                    self._lateness = 0.9 * self._lateness + 0.1 * late
         if (self.limits.max_delay_ms <= 0 and not self.runs_inline
                 and self._worker is not None and not self._worker.done()
                 and self._has_work_and_instance() and not self._patience_left()):
