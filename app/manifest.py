@@ -17,6 +17,14 @@ MANIFEST_FILE = "model.json"
 SCHEMA_VERSION = 1
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
+# A variant may serve in place of the manifest's default when it is accurate enough: test
+# accuracy at most this far below the most accurate variant's, and an input's output
+# changes by at most VARIANT_MAX_BATCH_DRIFT with its batch mates (the server batches
+# strangers together; dynamic int8 quantisation, which scales activations over the whole
+# batch, fails this). The trainer applies the same rule when it picks the default.
+VARIANT_MAX_ACCURACY_DROP = 0.01
+VARIANT_MAX_BATCH_DRIFT = 1e-5
+
 Kind = Literal["text-classification", "tabular-classification", "tabular-regression"]
 
 
@@ -112,3 +120,24 @@ def sha256_file(path: Path) -> str:
 
 def describe_artifact(path: Path) -> Artifact:
     return Artifact(sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def eligible_variants(m: Manifest) -> dict[str, str]:
+    """Variant name -> file of every variant accurate enough to serve (see
+    VARIANT_MAX_ACCURACY_DROP): the manifest's default always, the others when their
+    recorded test accuracy and batch invariance pass. {} for a manifest without variants."""
+    if not m.variants:
+        return {}
+    best = max((v.test_metrics.get("accuracy") for v in m.variants.values()
+                if isinstance(v.test_metrics.get("accuracy"), (int, float))), default=None)
+    out = {}
+    for name, v in m.variants.items():
+        accuracy = v.test_metrics.get("accuracy")
+        ok = (v.file == m.model_file or (
+            best is not None and isinstance(accuracy, (int, float))
+            and best - accuracy <= VARIANT_MAX_ACCURACY_DROP
+            and v.batch_invariance_max_diff is not None
+            and v.batch_invariance_max_diff <= VARIANT_MAX_BATCH_DRIFT))
+        if ok and v.file in m.artifacts:
+            out[name] = v.file
+    return out

@@ -71,6 +71,11 @@ class Metrics:
             "model and the SHA-256 of its file.",
             (*MODEL, "kind", "variant", "provider", "requested_provider", "sha256"),
             registry=r, multiprocess_mode="livemax")
+        self.variant_rate = Gauge(
+            "ortserve_model_variant_rate", "Inputs per second of each eligible variant on the "
+            "warm-up batches, measured at load when the served variant was chosen by timing "
+            "(ORTSERVE_MODEL_VARIANT=auto); ortserve_model_info says which one serves.",
+            (*MODEL, "variant"), registry=r, multiprocess_mode="livemax")
         self.load_failures = Counter(
             "ortserve_model_load_failures", "Versions that failed to load, by reason (verify: "
             "manifest, file or hash; session; outputs; warmup; device; memory).",

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.manifest import MANIFEST_FILE, NAME_PATTERN, Manifest
+from app.manifest import MANIFEST_FILE, NAME_PATTERN, Manifest, eligible_variants
 
 log = logging.getLogger("ortserve.repository")
 
@@ -30,6 +30,11 @@ class ModelSource:
     error: str | None = None
     model_file: str | None = None
     variant: str | None = None
+    # variant name -> file of every variant verified and worth timing at load (auto); the
+    # loader serves the fastest and sets model_file and variant to it
+    candidates: dict[str, str] = field(default_factory=dict)
+    variant_rates: dict[str, float] = field(default_factory=dict)  # inputs/s, when timed
+    variant_reason: str | None = None
     # The verified bytes of each artifact, so what is parsed is exactly what was hashed
     # (no re-read between the check and the load); released once the model is loaded.
     verified: dict[str, bytes] | None = None
@@ -71,6 +76,9 @@ def fingerprint(path: Path) -> tuple[str, float]:
 
 
 def verify(name: str, version: int, path: Path, variant: str | None = None) -> ModelSource:
+    """Check one version folder against its manifest. `variant`: None or `manifest` (the
+    manifest's default file), `auto` (every eligible variant, for the loader to time), or a
+    variant's name."""
     src = ModelSource(name, version, path)
     try:
         raw = json.loads((path / MANIFEST_FILE).read_text())
@@ -91,6 +99,9 @@ def verify(name: str, version: int, path: Path, variant: str | None = None) -> M
                      f"folder is {name}/{version}")
         return src
     model_file = manifest.model_file
+    candidates = eligible_variants(manifest) if variant == "auto" else {}
+    if variant in ("auto", "manifest"):
+        variant = None
     if variant:
         if variant not in manifest.variants:
             src.error = f"variant {variant!r} not in manifest ({', '.join(manifest.variants)})"
@@ -99,7 +110,8 @@ def verify(name: str, version: int, path: Path, variant: str | None = None) -> M
         if model_file not in manifest.artifacts:
             src.error = f"variant file {model_file} is not listed in artifacts"
             return src
-    needed = [model_file] + ([manifest.tokenizer_file] if manifest.tokenizer_file else [])
+    needed = list(dict.fromkeys([model_file, *candidates.values()]
+                                + ([manifest.tokenizer_file] if manifest.tokenizer_file else [])))
     verified = {}
     for fname in needed:
         fpath = path / fname
@@ -121,6 +133,7 @@ def verify(name: str, version: int, path: Path, variant: str | None = None) -> M
     src.model_file = model_file
     src.variant = variant or next(
         (k for k, v in manifest.variants.items() if v.file == model_file), None)
+    src.candidates = candidates if len(candidates) > 1 else {}
     return src
 
 

@@ -55,10 +55,13 @@ class Settings(BaseSettings):
     default_model: str | None = Field(
         None, description="Model used by POST /predict when the request names none; "
                           "default: the only model if there is one, else 'sentiment' if loaded.")
-    model_variant: dict[str, str] = Field(
+    model_variant: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
-        description="Serve another variant than the manifest's default, e.g. {\"sentiment\": "
-                    "\"fp32\"}.")
+        description="Which variant of each model to serve: `auto` (default) times every "
+                    "variant the manifest says is accurate enough on the warm-up batches, on "
+                    "this host and provider, and serves the fastest; `manifest` serves the "
+                    "manifest's default; or a variant's name. One value for every model "
+                    "(`auto`) or JSON per model, e.g. {\"sentiment\": \"fp32\"}.")
 
     # Execution
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -162,6 +165,22 @@ class Settings(BaseSettings):
     rate_limit_fail_open: bool = Field(
         True, description="When Redis cannot be reached: allow requests (true) or refuse "
                           "them with 503 (false); either way a metric and a log line.")
+
+    @field_validator("model_variant", mode="before")
+    @classmethod
+    def _variant_map(cls, v):
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("{"):
+                import json
+
+                return json.loads(v)
+            return {"*": v} if v else {}
+        return v
+
+    def variant_for(self, model: str) -> str:
+        """`auto`, `manifest` or a variant name for this model."""
+        return self.model_variant.get(model, self.model_variant.get("*", "auto"))
 
     @field_validator("models", "cors_origins", "api_keys", "admin_keys", "auth_exempt_paths",
                      mode="before")

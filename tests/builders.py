@@ -291,3 +291,28 @@ def add_odd_shape_regressor(root: Path, name: str = "odd") -> Path:
         "inputs": {"type": "features", "features": [{"name": f} for f in FEATURES]},
         "outputs": {"name": "value"}, "model_file": "model.onnx"})
     return folder
+
+
+def add_variants_model(root: Path, name: str = "variants") -> Path:
+    """A classifier with four variants: `slow` (the manifest's default: a wide hidden
+    layer), `fast` (tiny, as accurate), `wrong` (fastest, but 5 points less accurate) and
+    `drifty` (fast, but its outputs move with its batch mates)."""
+    folder = root / name / "1"
+    folder.mkdir(parents=True)
+    build_rows_model(folder / "slow.onnx", len(FEATURES), True, hidden=768)
+    for f in ("fast", "wrong", "drifty"):
+        build_rows_model(folder / f"{f}.onnx", len(FEATURES), True)
+    def variant(file: str, accuracy: float, drift: float) -> dict:
+        return {"file": file, "test_metrics": {"accuracy": accuracy},
+                "batch_invariance_max_diff": drift}
+
+    write_manifest(folder, {
+        "name": name, "version": 1, "kind": "tabular-classification", "labels": ["no", "yes"],
+        "inputs": {"type": "features", "features": [{"name": f} for f in FEATURES]},
+        "outputs": {"name": "probabilities"}, "model_file": "slow.onnx",
+        "batching": {"max_batch_size": 64},
+        "variants": {"slow": variant("slow.onnx", 0.90, 0.0),
+                     "fast": variant("fast.onnx", 0.895, 1e-7),
+                     "wrong": variant("wrong.onnx", 0.85, 0.0),
+                     "drifty": variant("drifty.onnx", 0.90, 1e-3)}})
+    return folder

@@ -73,6 +73,43 @@ def check_outputs(source: ModelSource, shape: list) -> None:
                                    f"declares {what}")
 
 
+# A variant must be this much faster than the manifest's default to replace it (timing noise).
+VARIANT_TIE = 0.05
+
+
+def time_variants(pipeline, sessions: dict, limits: BatchLimits) -> dict[str, float]:
+    """Inputs per second of each variant's session over the model's warm-up batches, on
+    this host and provider: one untimed run of the smallest batch (first-run costs), then
+    the better of two timed passes, the variants taking turns so that a slow moment of a
+    shared host hurts them alike."""
+    batches = [b[:limits.max_batch_size]
+               for b in pipeline.warmup_payloads(limits.max_batch_size)]
+    inputs = sum(len(b) for b in batches)
+    best = dict.fromkeys(sessions, float("inf"))
+    for session in sessions.values():
+        pipeline.run_batch(session.run, min(batches, key=len))
+    for _ in range(2):
+        for variant, session in sessions.items():
+            t0 = time.perf_counter()
+            for b in batches:
+                pipeline.run_batch(session.run, b)
+            best[variant] = min(best[variant], time.perf_counter() - t0)
+    return {v: round(inputs / t, 1) for v, t in best.items()}
+
+
+def choose_variant(rates: dict[str, float], default: str | None) -> tuple[str, str]:
+    """The fastest variant, unless the manifest's default is within VARIANT_TIE of it."""
+    fastest = max(rates, key=rates.get)
+    listed = ", ".join(f"{v} {r:g} inputs/s" for v, r in
+                       sorted(rates.items(), key=lambda kv: -kv[1]))
+    if default in rates and rates[default] >= (1 - VARIANT_TIE) * rates[fastest]:
+        if default == fastest:
+            return default, f"fastest on this host: {listed}"
+        return default, (f"the manifest's default, within {VARIANT_TIE:.0%} of the fastest: "
+                         f"{listed}")
+    return fastest, f"fastest on this host: {listed}"
+
+
 async def load(source: ModelSource, settings: Settings, metrics: Metrics) -> LoadedModel:
     """Build, check and warm one version. Raises LoadError (or DeviceError in strict mode)."""
     if source.error or source.manifest is None or source.verified is None:
@@ -80,22 +117,39 @@ async def load(source: ModelSource, settings: Settings, metrics: Metrics) -> Loa
     check_memory(settings, source)
     s, m = settings, source.manifest
     t0, rss0 = time.perf_counter(), rss_mb()
+    limits = resolve_limits(s, source)
+    candidates = source.candidates if s.warmup else {}
     try:
         pipeline = await asyncio.to_thread(
             build_pipeline, m, source.path, s.max_text_chars, s.truncate_text, s.max_inputs,
             s.max_rows, source.verified)
-        session = await asyncio.to_thread(
-            create_session, source.verified[source.model_file], s.device, s.strict_device,
-            s.tensorrt, resolved_intra_op_threads(s), s.inter_op_threads,
-            s.ort_allow_spinning, None, m.outputs.get("name"))
+        sessions = {}
+        for variant, file in (candidates or {source.variant: source.model_file}).items():
+            sessions[variant] = await asyncio.to_thread(
+                create_session, source.verified[file], s.device, s.strict_device,
+                s.tensorrt, resolved_intra_op_threads(s), s.inter_op_threads,
+                s.ort_allow_spinning, None, m.outputs.get("name"))
     except DeviceError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to build is this version's
         raise LoadError("session", f"cannot load: {type(exc).__name__}: {exc}") from exc
     finally:
         source.verified = None  # ONNX Runtime and the tokenizer keep their own copies
+    rates: dict[str, float] = {}
+    if len(sessions) > 1:
+        try:
+            rates = await asyncio.to_thread(time_variants, pipeline, sessions, limits)
+        except Exception as exc:  # noqa: BLE001
+            raise LoadError("warmup", f"timing the variants failed: {type(exc).__name__}: "
+                                      f"{exc}") from exc
+        chosen, why = choose_variant(rates, source.variant)
+        log.info("model %s version %s: serving variant %s (%s)", source.name, source.version,
+                 chosen, why)
+        source.variant, source.model_file = chosen, candidates[chosen]
+        source.variant_rates, source.variant_reason = rates, why
+    session = sessions.pop(source.variant)
+    sessions.clear()  # the variants not chosen are freed here
     check_outputs(source, session.output_shape)
-    limits = resolve_limits(s, source)
     labels = (source.name, str(source.version))
     queue = BatchQueue(lambda payloads: pipeline.run_batch(session.run, payloads), limits,
                        ModelObserver(metrics, *labels), name=source.name,

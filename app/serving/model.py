@@ -198,6 +198,7 @@ class LoadedModel:
         return {
             "name": self.name, "version": self.version, "kind": self.kind,
             "variant": src.variant, "model_file": src.model_file,
+            "variant_rates": src.variant_rates, "variant_reason": src.variant_reason,
             "provider": s.provider, "providers": s.providers, "requested_providers": s.requested,
             "batching": vars(self.limits), "instances": self.queue.instances,
             "load_seconds": self.load_seconds, "memory_mb": self.memory_mb,

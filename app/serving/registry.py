@@ -322,7 +322,7 @@ class ModelRegistry:
             if vr.state == FAILED and vr.failed_fingerprint == fp and v != force:
                 return False  # known bad until its folder changes
             src = await asyncio.to_thread(verify, name, v, path,
-                                          self.settings.model_variant.get(name))
+                                          self.settings.variant_for(name))
             if src.error:
                 self._failed(rec, vr, "verify", src.error, fp)
                 return False
@@ -407,13 +407,19 @@ class ModelRegistry:
         s, src = model.session, model.source
         labels = (model.name, str(model.version), model.kind, src.variant or "", s.provider,
                   s.requested[0], model.manifest.artifacts[src.model_file].sha256)
+        rates = {(model.name, str(model.version), v): r for v, r in src.variant_rates.items()}
         if value is None:
-            try:
-                self.metrics.info.remove(*labels)
-            except KeyError:
-                pass
+            for metric, series in ((self.metrics.info, [labels]),
+                                   (self.metrics.variant_rate, list(rates))):
+                for one in series:
+                    try:
+                        metric.remove(*one)
+                    except KeyError:
+                        pass
         else:
             self.metrics.info.labels(*labels).set(value)
+            for one, rate in rates.items():
+                self.metrics.variant_rate.labels(*one).set(rate)
 
     def _failed(self, rec: ModelRecord, vr: VersionRecord, reason: str, message: str,
                 fp: str | None) -> None:
