@@ -150,15 +150,8 @@ class BatchQueue:
                             retry_after_s=self.expected_wait(0) or 1)
         predicted = None
         if deadline is not None:
+            self.admit(cost, deadline)
             predicted = self._model_wait(cost)
-            expected = self.expected_wait(cost)
-            if expected is not None and (time.perf_counter() + ADMISSION_MARGIN * expected
-                                         > deadline):
-                raise QueueFull(
-                    f"the queue would take about {expected:.2f} s to answer this request, "
-                    f"past its deadline ({max(0.0, deadline - time.perf_counter()):.2f} s "
-                    "left); retry later or with a longer deadline",
-                    retry_after_s=max(1.0, self.expected_wait(0) or 1))
         job = Job(payloads, costs, asyncio.get_running_loop().create_future())
         job.predicted_s = predicted or 0.0
         if n == 1:
@@ -171,7 +164,18 @@ class BatchQueue:
         self._wakeup.set()
         return job
 
-    def expected_wait(self, cost: int) -> float | None:
+    def admit(self, cost: float, deadline: float) -> None:
+        """Raise QueueFull (Retry-After: the expected wait) when a job of `cost` queued now
+        is not expected to finish before `deadline`."""
+        expected = self.expected_wait(cost)
+        if expected is not None and time.perf_counter() + ADMISSION_MARGIN * expected > deadline:
+            raise QueueFull(
+                f"the queue would take about {expected:.2f} s to answer this request, past "
+                f"its deadline ({max(0.0, deadline - time.perf_counter()):.2f} s left); retry "
+                "later or with a longer deadline",
+                retry_after_s=max(1.0, self.expected_wait(0) or 1))
+
+    def expected_wait(self, cost: float) -> float | None:
         """Seconds until everything queued, plus a job of `cost`, would be answered: the
         model's own estimate (`_model_wait`) times how late jobs have really finished
         against it (never read as faster than the model's own estimate by more than 25%).
