@@ -71,7 +71,13 @@ def run_admission(models: Path, seconds: float, out: Path) -> int:
         "from the scheduled send |",
         f"| latency of answered p50 / p99 | {over['p50_ms']:.0f} / {over['p99_ms']:.0f} ms |",
         "", "Bars: " + "; ".join(f"{k}: {'met' if v else '**not met**'}"
-                                 for k, v in bars.items()) + ".",
+                                 for k, v in bars.items()) + ".", "",
+        "What bounds the last two on this host: the open-loop client, the event loop and two "
+        "single-threaded model instances share 2 cores. Every refused request is still "
+        "parsed, routed and answered by the one event loop, so a refusal waits behind the "
+        "loop's other work (py-spy during such a run: the loop was busy about two thirds of "
+        "the time, a quarter of it in tokenization). And every refusal takes CPU from the "
+        "model, which is why the answered share moves from run to run.",
     ]
     replace_section(out / "benchmarks.md", "admission", "\n".join(lines))
     return 0

@@ -83,9 +83,12 @@ INLINE_RUN_S = 0.0003
 # The longest a free instance waits for its share of the queue, as a fraction of the recent
 # batch run time (see BatchQueue._patience_left).
 PATIENCE_FRACTION = 0.25
-# Admission: a job is taken when its expected finish, stretched by this factor, is before
-# its deadline (the estimate is an average; the margin keeps admitted misses rare).
-ADMISSION_MARGIN = 1.05
+# Admission: a job is taken when its expected wait, stretched by this factor, ends before
+# its deadline. The estimate is an average and the event loop's lag comes in bursts: under
+# twice the sustainable load with 1 s deadlines (`python -m bench admission`), a factor of
+# 1.05-1.15 let 4-15% of admitted requests miss, 1.5 under 1%, while the queue still holds
+# enough work to keep the model busy.
+ADMISSION_MARGIN = 1.5
 # Weight of older batches in the run-cost estimate (decayed sums of seconds and padded cost).
 COST_DECAY = 0.9
 # Jobs whose estimate is at least this long teach admission how late jobs really finish
