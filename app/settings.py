@@ -6,6 +6,7 @@ Nested values (lists, dicts) are given as JSON, e.g.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -169,14 +170,7 @@ class Settings(BaseSettings):
     @field_validator("model_variant", mode="before")
     @classmethod
     def _variant_map(cls, v):
-        if isinstance(v, str):
-            v = v.strip()
-            if v.startswith("{"):
-                import json
-
-                return json.loads(v)
-            return {"*": v} if v else {}
-        return v
+        return _json_or(v, "{", lambda text: {"*": text} if text else {})
 
     def variant_for(self, model: str) -> str:
         """`auto`, `manifest` or a variant name for this model."""
@@ -186,14 +180,16 @@ class Settings(BaseSettings):
                      mode="before")
     @classmethod
     def _comma_list(cls, v):
-        if isinstance(v, str):
-            v = v.strip()
-            if v.startswith("["):
-                import json
+        return _json_or(v, "[", lambda text: [x.strip() for x in text.split(",") if x.strip()])
 
-                return json.loads(v)
-            return [x.strip() for x in v.split(",") if x.strip()]
+
+def _json_or(v, opener: str, shorthand):
+    """A setting given as JSON (text that starts with `opener`) or in its shorthand form,
+    read by `shorthand(text)`; values that are not text pass through."""
+    if not isinstance(v, str):
         return v
+    v = v.strip()
+    return json.loads(v) if v.startswith(opener) else shorthand(v)
 
 
 def cpu_count() -> int:

@@ -61,25 +61,32 @@ async def test_full_queue_answers_503_with_retry_after_at_once(make_client, repo
         codes.count(503)
 
 
-async def test_a_request_the_queue_cannot_answer_in_time_is_refused_at_once(make_client,
-                                                                            repo):
-    add_slow_model(repo)
-    client = await make_client(instances=1)  # one run at a time, whatever the core count
+async def busy_then_late(client) -> tuple:
+    """Three rows at batch size 1 keep the slow model busy for three runs; meanwhile a
+    request of three more rows asks to be answered within 50 ms. Returns (the late
+    response, the metrics page) once the model has drained, after checking that the busy
+    request was answered and that only its three rows ran."""
     svc = client.app.state.ortserve.registry.get("slow")
     runs_before = svc.queue.batches_run
-    # three rows at batch size 1 keep the model busy for three (measured) runs
     first = asyncio.ensure_future(client.post("/predict", json={"model": "slow",
                                                                  "inputs": [ROW] * 3}))
     await asyncio.sleep(0.01)
     late = await client.post("/predict", json={"model": "slow", "inputs": [ROW, ROW, ROW]},
                              headers={"X-Request-Timeout": "0.05"})
+    assert (await first).status_code == 200
+    await svc.queue.drain()
+    assert svc.queue.batches_run - runs_before == 3  # the late request's rows never ran
+    return late, (await client.get("/metrics")).text
+
+
+async def test_a_request_the_queue_cannot_answer_in_time_is_refused_at_once(make_client,
+                                                                            repo):
+    add_slow_model(repo)
+    client = await make_client(instances=1)  # one run at a time, whatever the core count
+    late, m = await busy_then_late(client)
     assert late.status_code == 503 and late.json()["error"]["code"] == "queue_full"
     assert "deadline" in late.json()["error"]["message"]
     assert int(late.headers["retry-after"]) >= 1
-    assert (await first).status_code == 200
-    await svc.queue.drain()
-    assert svc.queue.batches_run - runs_before == 3  # the refused items never ran
-    m = (await client.get("/metrics")).text
     assert metric_value(m, 'ortserve_requests_total{api="v1",model="slow",outcome="rejected"') == 1
     assert metric_value(m, 'ortserve_requests_total{api="v1",model="slow",outcome="timeout"') == 0
 
@@ -89,18 +96,8 @@ async def test_deadline_gives_504_and_the_item_never_runs(make_client, repo):
     cost is unknown until its first batch ends, so admission has no estimate yet."""
     add_slow_model(repo)
     client = await make_client(instances=1, warmup=False)
-    svc = client.app.state.ortserve.registry.get("slow")
-    runs_before = svc.queue.batches_run
-    first = asyncio.ensure_future(client.post("/predict", json={"model": "slow",
-                                                                 "inputs": [ROW] * 3}))
-    await asyncio.sleep(0.01)
-    late = await client.post("/predict", json={"model": "slow", "inputs": [ROW, ROW, ROW]},
-                             headers={"X-Request-Timeout": "0.05"})
+    late, m = await busy_then_late(client)
     assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
-    assert (await first).status_code == 200
-    await svc.queue.drain()
-    assert svc.queue.batches_run - runs_before == 3  # the 504'd items never ran
-    m = (await client.get("/metrics")).text
     assert metric_value(m, 'ortserve_requests_total{api="v1",model="slow",outcome="timeout"') == 1
 
 
