@@ -318,6 +318,12 @@ def drain(a: argparse.Namespace) -> int:
     return run_drain(Path(a.models), a.clients, a.before, a.runs, Path(a.out))
 
 
+def memory(a: argparse.Namespace) -> int:
+    from bench.memory import run_memory
+
+    return run_memory(Path(a.models), a.seconds, Path(a.out))
+
+
 def admission(a: argparse.Namespace) -> int:
     from bench.admission import run_admission
 
@@ -394,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
                       "sustainable load with 1 s deadlines; writes docs/benchmarks.md's "
                       "admission section")
     ad.add_argument("--seconds", type=float, default=15.0, help="per measurement")
+    me = command("memory", memory, help="RSS per model and for all of them, ready and under "
+                                        "load; writes docs/benchmarks.md's memory section")
+    me.add_argument("--seconds", type=float, default=5.0, help="per workload")
     a = p.parse_args(argv)
     return a.func(a)
 

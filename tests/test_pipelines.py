@@ -57,3 +57,15 @@ def test_rows_are_accepted_exactly_when_every_value_is_a_float32_number(pipeline
     assert matrix.dtype == np.float32 and matrix.shape == (len(rows), len(FEATURES))
     assert np.isfinite(matrix).all()
     np.testing.assert_array_equal(matrix, np.array(rows, dtype=np.float64).astype(np.float32))
+
+
+def test_a_run_that_shrinks_the_arena_answers_as_a_plain_run(tmp_path):
+    """The warm-up's last run hands the CPU arena's unused memory back
+    (`python -m bench memory` measures the effect); its answer is the plain run's."""
+    from app.runtime.session import create_session
+    from tests.builders import build_rows_model
+
+    build_rows_model(tmp_path / "m.onnx", 4, classifier=True, hidden=64)
+    session = create_session(tmp_path / "m.onnx", "cpu", strict=True)
+    feeds = {"features": np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)}
+    np.testing.assert_array_equal(session.run_and_shrink(feeds), session.run(feeds))

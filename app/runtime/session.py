@@ -61,11 +61,21 @@ class ModelSession:
         out = next(o for o in self.session.get_outputs() if o.name == self.output_name)
         return list(out.shape)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, feeds: dict[str, np.ndarray], options: ort.RunOptions | None = None
+            ) -> np.ndarray:
         """Feeds the inputs the graph has (a pipeline may offer more, e.g. segment ids)."""
         names = self.input_names
         return self.session.run([self.output_name],
-                                {k: v for k, v in feeds.items() if k in names})[0]
+                                {k: v for k, v in feeds.items() if k in names}, options)[0]
+
+    def run_and_shrink(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """`run`, then hand the CPU memory arena's unused chunks back. After warm-up, whose
+        largest batch (64 texts x 128 tokens for sentiment) grows the arena by about
+        200 MB, the arena keeps only what real batches need again."""
+        options = ort.RunOptions()
+        if self.provider == CPU:
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return self.run(feeds, options)
 
 
 def create_session(model: Path | bytes, device: str, strict: bool, tensorrt: bool = False,

@@ -11,7 +11,7 @@ from app.metrics import Metrics, ModelObserver, RequestObserver
 from app.pipelines import build_pipeline
 from app.repository import ModelSource
 from app.runtime.batcher import BatchLimits, BatchQueue
-from app.runtime.memory import rss_mb
+from app.runtime.memory import release_freed_memory, rss_mb
 from app.runtime.session import CPU, DeviceError, create_session
 from app.serving.model import LoadedModel
 from app.settings import Settings, resolved_instances, resolved_intra_op_threads
@@ -151,7 +151,9 @@ async def load(source: ModelSource, settings: Settings, metrics: Metrics) -> Loa
         source.variant, source.model_file = chosen, candidates[chosen]
         source.variant_rates, source.variant_reason = rates, why
     session = sessions.pop(source.variant)
-    sessions.clear()  # the variants not chosen are freed here
+    if sessions:
+        sessions.clear()  # the variants not chosen are freed here
+        release_freed_memory()
     check_outputs(source, session.output_shape)
     labels = (source.name, str(source.version))
     queue = BatchQueue(lambda payloads: pipeline.run_batch(session.run, payloads), limits,
@@ -159,9 +161,13 @@ async def load(source: ModelSource, settings: Settings, metrics: Metrics) -> Loa
                        instances=resolved_instances(s, session.provider != CPU))
     try:
         if s.warmup:
-            for payloads in pipeline.warmup_payloads(limits.max_batch_size):
+            warm = pipeline.warmup_payloads(limits.max_batch_size)
+            for payloads in warm:
                 batch = payloads[:limits.max_batch_size]
                 await queue.warm_up(batch, [pipeline.cost(p) for p in batch])
+            await asyncio.to_thread(pipeline.run_batch, session.run_and_shrink,
+                                    min(warm, key=len))
+            release_freed_memory()
     except Exception as exc:  # noqa: BLE001
         await queue.close()
         raise LoadError("warmup", f"warm-up failed: {type(exc).__name__}: {exc}") from exc
