@@ -143,8 +143,6 @@ def run(a: argparse.Namespace) -> int:
             parallel=instances, seconds=a.ceiling_seconds, disabled_optimizers=(),
             single=False)
     served = next(k for k, f in variants.items() if f == manifest["model_file"])
-    results["served_variant"] = served
-    results["ceiling_served"] = results[f"ceiling_{served}"]
     # a tabular batch is too small to leave the event loop: one session, run inline
     results["ceiling_tabular"] = ceilings.model_ceiling(tab_dir, rows, threads=threads,
                                                         seconds=a.ceiling_seconds)
@@ -160,8 +158,15 @@ def run(a: argparse.Namespace) -> int:
     tab64 = rows_workload("breast-cancer", 64)
     svc = Service(models, url=a.url)
     try:
-        results["provider"] = httpx.get(f"{svc.url}/models/sentiment").json()["provider"]
-        print(f"sentiment runs on {results['provider']}", flush=True)
+        info = httpx.get(f"{svc.url}/models/sentiment").json()
+        results["provider"] = info["provider"]
+        # what the service chose (ORTSERVE_MODEL_VARIANT=auto times the variants at load)
+        served = info.get("variant") or served
+        results.update(served_variant=served, served_file=info.get("model_file"),
+                       variant_reason=info.get("variant_reason"),
+                       ceiling_served=results[f"ceiling_{served}"])
+        print(f"sentiment runs {served} on {results['provider']}: "
+              f"{info.get('variant_reason') or 'the manifest default'}", flush=True)
         print("HTTP ceiling: GET /health/live", flush=True)
         results["http"] = []
         for c in levels:
@@ -178,7 +183,7 @@ def run(a: argparse.Namespace) -> int:
                 if wl is text1 and c == 1:
                     # the same minute as the c=1 run: this VM's speed drifts between minutes
                     single = ceilings.model_ceiling(
-                        sent_dir, texts, manifest["model_file"], threads, batch_sizes=(1,),
+                        sent_dir, texts, results["served_file"], threads, batch_sizes=(1,),
                         seconds=a.ceiling_seconds)
                     results["single_paired_ms"] = single["single_p50_ms"]
                 results["closed"].append(closed(svc, wl, c, secs))
@@ -186,7 +191,7 @@ def run(a: argparse.Namespace) -> int:
         results["paired_tabular_http"] = pairs_with_http(svc, tab1, 64, secs / 2, 3)
         print("paired: in-process ceiling then text x1 at c=64, three rounds", flush=True)
         results["paired_text_c64"] = pairs_with_ceiling(
-            svc, text1, 64, secs / 2, 3, sent_dir, manifest["model_file"],
+            svc, text1, 64, secs / 2, 3, sent_dir, results["served_file"],
             results["ceiling_served"]["best_batch"], instances, threads, a.ceiling_seconds)
         print("mixed: sentiment x1 and tabular x1 at c=32 each", flush=True)
         mixed: dict = {}
