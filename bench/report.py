@@ -96,6 +96,19 @@ def targets(res: dict) -> list[tuple[str, str, bool | None]]:
                     f"texts, and in-process at batch {b} (the closest measured size; reported)",
                     f"{by_batch[b]:.0f} inputs/s = {by_batch[b] / ceil['throughput']:.0%} of the "
                     "ceiling before any HTTP work, which shares the same cores", None))
+    cpu_by_batch = {int(k): v for k, v in ceil.get("cpu_ms_per_input", {}).items()}
+    if mean_batch and cpu_by_batch and text[64].get("server_cpu_s"):
+        b = min(cpu_by_batch, key=lambda k: abs(k - mean_batch))
+        served = 1000 * text[64]["server_cpu_s"] / (text[64]["inputs_per_s"]
+                                                      * text[64]["seconds"])
+        ratio = served / cpu_by_batch[b]
+        levels = ", ".join(
+            f"c={c}: {1000 * r['server_cpu_s'] / (r['inputs_per_s'] * r['seconds']):.2f}"
+            for c, r in sorted(text.items()) if r.get("server_cpu_s") and r["inputs_per_s"])
+        out.append(("server CPU per input at c=64 (text x1) <= 1.05x the in-process "
+                    "pipeline's at the closest batch size (same file, same threads)",
+                    f"{served:.2f} ms vs {cpu_by_batch[b]:.2f} ms at batch {b} = {ratio:.2f}x "
+                    f"(server ms per input by clients: {levels})", ratio <= 1.05))
     if "ceiling_int8" in res:
         speed = res["ceiling_int8"]["throughput"] / res["ceiling_fp32"]["throughput"]
         shape = _shape(res["ceiling_int8"])
