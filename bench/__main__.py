@@ -302,7 +302,7 @@ def rewrite(a: argparse.Namespace) -> int:
 def soak(a: argparse.Namespace) -> int:
     from bench.soak import run_soak
 
-    return run_soak(Path(a.models), a.minutes, a.factor, Path(a.out))
+    return run_soak(Path(a.models), a.minutes, a.factor, Path(a.out), a.deadline)
 
 
 def protocols(a: argparse.Namespace) -> int:
@@ -379,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     s = command("soak", soak, help="bounded overload run; writes docs/reliability.md")
     s.add_argument("--minutes", type=float, default=5.0)
     s.add_argument("--factor", type=float, default=2.0, help="offered load / capacity")
+    s.add_argument("--deadline", type=float, default=1.0,
+                   help="X-Request-Timeout of every request, seconds")
     d = command("drain", drain, help="SIGTERM under load, keep-alive and new-connection "
                                      "clients; writes docs/reliability.md's drain section")
     d.add_argument("--clients", type=int, default=64)
