@@ -37,6 +37,8 @@ async def test_auto_serves_the_fastest_eligible_variant(make_client, repo):
     assert set(info["variant_rates"]) == {"slow", "fast"}  # wrong and drifty never timed
     assert info["variant_rates"]["fast"] > info["variant_rates"]["slow"]
     assert "fastest on this host" in info["variant_reason"]
+    detail = (await client.get("/models/variants")).json()
+    assert (detail["variant"], detail["variant_rates"]) == ("fast", info["variant_rates"])
     r = await client.post("/predict", json={"model": "variants", "inputs": [ROW]})
     assert r.status_code == 200
     m = (await client.get("/metrics")).text

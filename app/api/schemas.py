@@ -113,6 +113,11 @@ class ModelSummary(BaseModel):
     kind: str | None
     variant: str | None
     model_file: str | None
+    variant_rates: dict[str, float] = Field(
+        default_factory=dict, description="Inputs per second of each eligible variant on the "
+                                          "warm-up batches, when ORTSERVE_MODEL_VARIANT=auto "
+                                          "chose between several.")
+    variant_reason: str | None = Field(None, description="Why this variant serves.")
     provider: str | None
     providers: list[str] | None
     requested_providers: list[str] | None

@@ -151,7 +151,8 @@ class ModelRegistry:
     def summary(self, rec: ModelRecord) -> dict:
         """What /models says about one model: its routed version's facts, its versions."""
         out: dict = {"name": rec.name, "version": None, "kind": None, "variant": None,
-                     "model_file": None, "provider": None, "providers": None,
+                     "model_file": None, "variant_rates": {}, "variant_reason": None,
+                     "provider": None, "providers": None,
                      "requested_providers": None, "batching": None, "instances": None}
         if rec.route is not None:
             out.update(rec.route.describe())
