@@ -355,7 +355,9 @@ async def test_admission_takes_more_than_the_old_count_bound_when_deadlines_allo
     that the model answers well inside their deadline: none is refused."""
     import time
 
-    q = make(Timed(0.0001), max_batch_size=64, max_queue_size=4096)
+    from app.settings import Settings
+
+    q = make(Timed(0.0001), max_batch_size=64, max_queue_size=Settings().max_queue_size)
     await q.warm_up([1] * 64, [1] * 64)
     jobs = [q.submit(list(range(16)), [1] * 16, deadline=time.perf_counter() + 30)
             for _ in range(64)]
