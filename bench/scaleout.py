@@ -26,11 +26,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import yaml
 
 from bench import load
 from bench.cluster import ROOT, Haproxy, Prometheus, free_port, wait_until
+from bench.drain import _hammer
 from bench.sections import replace_section
 from bench.server import Service, cpu_seconds
 from bench.workloads import text_workload
@@ -122,28 +122,17 @@ def replicas_throughput(models: Path, seconds: float, clients: int) -> list[dict
 
 
 class Clients:
-    """`n` threads posting one text each to `/predict` in a closed loop until stopped;
-    every attempt is counted by outcome (ok, HTTP status, or the transport error)."""
+    """`n` keep-alive clients posting to `/predict` in a closed loop until closed; every
+    attempt is counted by outcome (bench/drain.py's client loop: ok, status, refused, lost)."""
 
     def __init__(self, url: str, n: int, texts: int = 1) -> None:
         self.counts: Counter = Counter()
         self.lock, self.stop = threading.Lock(), threading.Event()
         body = json.dumps({"model": "sentiment",
                            "inputs": ["quick and friendly"] * texts}).encode()
-
-        def client() -> None:
-            with httpx.Client(timeout=60) as c:
-                while not self.stop.is_set():
-                    try:
-                        r = c.post(f"{url}/predict", content=body,
-                                   headers={"content-type": "application/json"})
-                        outcome = "ok" if r.status_code == 200 else str(r.status_code)
-                    except httpx.TransportError as exc:
-                        outcome = type(exc).__name__
-                    with self.lock:
-                        self.counts[outcome] += 1
-
-        self.threads = [threading.Thread(target=client, daemon=True) for _ in range(n)]
+        self.threads = [threading.Thread(target=_hammer, daemon=True,
+                                         args=(url, body, True, self.stop, self.counts,
+                                               self.lock)) for _ in range(n)]
         for t in self.threads:
             t.start()
 

@@ -151,10 +151,7 @@ class BatchQueue:
             raise QueueFull(f"queue full ({len(self._queue)} of {self.limits.max_queue_size} "
                             "inputs waiting); retry shortly",
                             retry_after_s=self.expected_wait(0) or 1)
-        predicted = None
-        if deadline is not None:
-            self.admit(cost, deadline)
-            predicted = self._model_wait(cost)
+        predicted = self.admit(cost, deadline) if deadline is not None else None
         job = Job(payloads, costs, asyncio.get_running_loop().create_future())
         job.predicted_s = predicted or 0.0
         if n == 1:
@@ -167,16 +164,19 @@ class BatchQueue:
         self._wakeup.set()
         return job
 
-    def admit(self, cost: float, deadline: float) -> None:
+    def admit(self, cost: float, deadline: float) -> float | None:
         """Raise QueueFull (Retry-After: the expected wait) when a job of `cost` queued now
-        is not expected to finish before `deadline`."""
-        expected = self.expected_wait(cost)
+        is not expected to finish before `deadline`; else return the model's own estimate
+        of its wait (None before anything was measured)."""
+        raw = self._model_wait(cost)
+        expected = None if raw is None else raw * self._late_factor()
         if expected is not None and time.perf_counter() + ADMISSION_MARGIN * expected > deadline:
             raise QueueFull(
                 f"the queue would take about {expected:.2f} s to answer this request, past "
                 f"its deadline ({max(0.0, deadline - time.perf_counter()):.2f} s left); retry "
                 "later or with a longer deadline",
                 retry_after_s=max(1.0, self.expected_wait(0) or 1))
+        return raw
 
     def expected_wait(self, cost: float) -> float | None:
         """Seconds until everything queued, plus a job of `cost`, would be answered: the
@@ -184,8 +184,11 @@ class BatchQueue:
         against it (never read as faster than the model's own estimate by more than 25%).
         None until a batch has been measured."""
         raw = self._model_wait(cost)
-        late = self._lateness + 2 * self._lateness_dev  # most jobs, not the average one
-        return None if raw is None else raw * max(0.75, late)
+        return None if raw is None else raw * self._late_factor()
+
+    def _late_factor(self) -> float:
+        """How late most jobs (not the average one) finish against the model's estimate."""
+        return max(0.75, self._lateness + 2 * self._lateness_dev)
 
     def _model_wait(self, cost: int) -> float | None:
         """The queued cost at the measured seconds per padded cost unit, spread over the
