@@ -174,6 +174,13 @@ def test_two_workers_report_the_whole_service_in_metrics(repo, tmp_path):
     svc = ServiceProcess(repo, tmp_path / "log", workers=2,
                          PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom")).wait_ready()
     try:
+        def serving_pids() -> set:
+            lines = [json.loads(ln) for ln in svc.logs().splitlines() if ln.startswith("{")]
+            return {ln["pid"] for ln in lines if ln["message"].startswith("serving ")}
+
+        # readiness answers as soon as one worker is up; the other may still be loading,
+        # and the kernel would then hand every connection to the first
+        wait_until(lambda: len(serving_pids()) == 2, 60, "both workers serving")
         n = 96
 
         def send(i: int) -> None:
