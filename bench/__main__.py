@@ -341,6 +341,12 @@ def scaleout(a: argparse.Namespace) -> int:
     return run_scaleout(Path(a.models), a.seconds, a.clients, Path(a.out))
 
 
+def alone(a: argparse.Namespace) -> int:
+    from bench.alone import run_alone
+
+    return run_alone(Path(a.models), a.seconds, a.rounds, Path(a.out))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m bench")
@@ -410,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     me = command("memory", memory, help="RSS per model and for all of them, ready and under "
                                         "load; writes docs/benchmarks.md's memory section")
     me.add_argument("--seconds", type=float, default=5.0, help="per workload")
+    al = command("alone", alone, help="a lone request: in-process single-item latency by "
+                                      "threads and spinning, the service at c=1 and c=64 by "
+                                      "threads; writes docs/benchmarks.md's alone section")
+    al.add_argument("--seconds", type=float, default=6.0, help="per wrk measurement")
+    al.add_argument("--rounds", type=int, default=2)
     a = p.parse_args(argv)
     return a.func(a)
 
