@@ -347,6 +347,12 @@ def alone(a: argparse.Namespace) -> int:
     return run_alone(Path(a.models), a.seconds, a.rounds, Path(a.out))
 
 
+def peers(a: argparse.Namespace) -> int:
+    from bench.peers import run_peers
+
+    return run_peers(Path(a.models), a.seconds, a.only, Path(a.out))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m bench")
@@ -421,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
                                       "threads; writes docs/benchmarks.md's alone section")
     al.add_argument("--seconds", type=float, default=6.0, help="per wrk measurement")
     al.add_argument("--rounds", type=int, default=2)
+    pe = command("peers", peers, help="ortserve beside LitServe, BentoML, MLServer, Ray Serve "
+                                      "and PyTriton on the same model file (each installed "
+                                      "into .peers/ on first use); writes docs/benchmarks.md's "
+                                      "peers section")
+    pe.add_argument("--seconds", type=float, default=8.0, help="per row")
+    pe.add_argument("--only", nargs="*", help="peer names, e.g. litserve mlserver")
     a = p.parse_args(argv)
     return a.func(a)
 
