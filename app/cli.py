@@ -65,7 +65,8 @@ def _import(a: argparse.Namespace) -> int:
                         tokenizer=Path(a.tokenizer) if a.tokenizer else None,
                         features=split(a.features), max_length=a.max_length,
                         output=a.output, softmax={"auto": None, "yes": True,
-                                                  "no": False}[a.softmax])
+                                                  "no": False}[a.softmax],
+                        background=Path(a.background) if a.background else None)
     if not req.model.is_file():
         print(f"error: {req.model}: no such file", file=sys.stderr)
         return 2
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--output", help="graph output to serve (default: the float one)")
     i.add_argument("--softmax", choices=("auto", "yes", "no"), default="auto",
                    help="apply softmax to the output (auto: when it is not probabilities)")
+    i.add_argument("--background", help="feature models: a CSV (header: the feature names) "
+                                        "of 1 to 100 training rows that explanations take "
+                                        "unknown features from")
     i.add_argument("--models", default=os.environ.get("ORTSERVE_MODELS_DIR", "models"),
                    help="model repository root (ORTSERVE_MODELS_DIR, default models)")
     i.set_defaults(func=_import)

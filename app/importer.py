@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from app.explain.background import BACKGROUND_FILE, MAX_ROWS, write_background
 from app.manifest import NAME_PATTERN, Kind
 from app.publish import new_version
 
@@ -42,6 +43,7 @@ class ImportRequest:
     max_length: int = 128
     output: str | None = None
     softmax: bool | None = None  # None: decided by running the graph
+    background: Path | None = None  # CSV of rows for explanations (feature models)
 
 
 def _dynamic(dim) -> bool:
@@ -156,10 +158,41 @@ def inspect(req: ImportRequest) -> dict:
     return fields
 
 
+def background_rows(path: Path, features: list[str]) -> np.ndarray:
+    """A background CSV: a header row naming the model's features (any order), then 1 to
+    MAX_ROWS rows of numbers; returned in the manifest's feature order."""
+    import csv
+
+    with open(path, newline="") as fh:
+        table = list(csv.reader(fh))
+    if not table or sorted(table[0]) != sorted(features):
+        raise GraphRejected(f"--background {path}: its header must name the features "
+                            f"{features}")
+    order = [table[0].index(f) for f in features]
+    try:
+        rows = np.asarray([[float(r[j]) for j in order] for r in table[1:] if r],
+                          dtype=np.float64)
+    except (ValueError, IndexError) as exc:
+        raise GraphRejected(f"--background {path}: {exc}") from None
+    if not 1 <= len(rows) <= MAX_ROWS or not np.isfinite(rows).all():
+        raise GraphRejected(f"--background {path}: needs 1 to {MAX_ROWS} rows of finite "
+                            "numbers (a sample of the training data; 10 is plenty)")
+    return rows
+
+
 def import_model(req: ImportRequest) -> tuple[int, Path]:
     fields = inspect(req)
     data = req.model.read_bytes()
+    if req.background is not None and req.kind == "text-classification":
+        raise GraphRejected("--background is for feature models (text explanations mask "
+                            "words instead)")
+    features = [f["name"] for f in fields["inputs"].get("features", [])]
+    background = (background_rows(req.background, features) if req.background is not None
+                  else None)
     with new_version(req.models_dir, req.name) as writer:
+        if background is not None:
+            write_background(writer.dir / BACKGROUND_FILE, features, background,
+                             f"imported from {req.background.name}")
         shutil.copyfile(req.model, writer.dir / "model.onnx")
         if req.tokenizer is not None:
             shutil.copyfile(req.tokenizer, writer.dir / "tokenizer.json")
@@ -167,6 +200,7 @@ def import_model(req: ImportRequest) -> tuple[int, Path]:
             "name": req.name, "kind": req.kind, "labels": req.labels, **fields,
             "model_file": "model.onnx",
             "tokenizer_file": "tokenizer.json" if req.tokenizer is not None else None,
+            "background_file": BACKGROUND_FILE if background is not None else None,
             "test_metrics": {},
             "provenance": {
                 "imported_from": str(req.model.resolve()),

@@ -16,7 +16,7 @@ from app.api import health
 from app.api import metrics as metrics_api
 from app.api.admin import repository
 from app.api.errors import install_handlers
-from app.api.v1 import models, predict
+from app.api.v1 import explain, models, predict
 from app.api.v2 import repository as v2_repository
 from app.api.v2 import rest as v2_rest
 from app.auth import AuthMiddleware, KeyStore
@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan, default_response_class=JSONResponse,
                   **_telemetry(settings.otel))
     install_handlers(app)
-    for r in (predict.router, models.router, health.router, metrics_api.router,
+    for r in (predict.router, explain.router, models.router, health.router, metrics_api.router,
               repository.router, v2_rest.router, v2_repository.router):
         app.include_router(r)
     # Starlette runs the last added middleware first: request context, drain gate, CORS,

@@ -84,6 +84,9 @@ class Manifest(BaseModel):
     outputs: dict[str, Any]
     model_file: str = "model.onnx"
     tokenizer_file: str | None = None
+    # feature models: rows of the training split that explanations take absent features
+    # from (app/explain/background.py); optional, explanations need it
+    background_file: str | None = None
     variants: dict[str, Variant] = Field(default_factory=dict)
     artifacts: dict[str, Artifact]
     batching: Batching = Field(default_factory=Batching)
@@ -101,7 +104,9 @@ class Manifest(BaseModel):
             raise ValueError(f"kind {self.kind} does not match input type {self.inputs.type}")
         if self.kind == "text-classification" and not self.tokenizer_file:
             raise ValueError("text-classification needs tokenizer_file")
-        for f in (self.model_file, self.tokenizer_file):
+        if self.background_file and self.inputs.type != "features":
+            raise ValueError("background_file is for feature models only")
+        for f in (self.model_file, self.tokenizer_file, self.background_file):
             if f is not None and f not in self.artifacts:
                 raise ValueError(f"{f} is not listed in artifacts")
         for f in self.artifacts:

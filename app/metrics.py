@@ -84,9 +84,22 @@ class Metrics:
             "ortserve_rate_limit_backend_errors", "Rate-limit checks that could not reach "
             "Redis (requests allowed or refused per ORTSERVE_RATE_LIMIT_FAIL_OPEN).",
             registry=r)
+        self.explain_requests = Counter(
+            "ortserve_explain_requests", "Explain requests by outcome (success, client_error, "
+            "server_error, rejected, timeout, cancelled).", (*MODEL, "outcome"), registry=r)
+        self.explain_evaluations = Counter(
+            "ortserve_explain_evaluations", "Model inputs run for explanations (coalitions x "
+            "background rows for feature models).", MODEL, registry=r)
+        self.explain_latency = Histogram(
+            "ortserve_explain_duration_seconds", "Explain request latency in the server.",
+            MODEL, buckets=MS_BUCKETS, registry=r)
+        self.explain_in_progress = Gauge(
+            "ortserve_explain_in_progress", "Explain requests being computed (bounded by "
+            "ORTSERVE_EXPLAIN_MAX_CONCURRENT).", registry=r, multiprocess_mode="livesum")
         self._per_version = (self.inputs, self.input_seconds, self.queue_wait, self.inference,
                              self.batch_size,
-                             self.batch_tokens, self.queue_depth, self.ready)
+                             self.batch_tokens, self.queue_depth, self.ready,
+                             self.explain_evaluations, self.explain_latency)
 
     def forget(self, model: str, version: str) -> None:
         """Remove an unloaded version's series (its info series is removed by its owner).
@@ -106,6 +119,11 @@ class Metrics:
                     self.requests.remove(api, model, version, outcome)
                 except KeyError:
                     pass
+        for outcome in OUTCOMES:
+            try:
+                self.explain_requests.remove(model, version, outcome)
+            except KeyError:
+                pass
 
     def render(self) -> bytes:
         if multiprocess_enabled():
@@ -139,6 +157,24 @@ class RequestObserver:
         self._latency[api].observe(seconds)
         if inputs:
             self._input_seconds.inc(inputs * seconds)
+
+
+class ExplainObserver:
+    """The explanation metrics of one model version."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self._requests = {o: metrics.explain_requests.labels(model, version, o)
+                          for o in OUTCOMES}
+        self._evaluations = metrics.explain_evaluations.labels(model, version)
+        self._latency = metrics.explain_latency.labels(model, version)
+        self.in_progress = metrics.explain_in_progress
+
+    def evaluated(self, inputs: int) -> None:
+        self._evaluations.inc(inputs)
+
+    def done(self, outcome: str, seconds: float) -> None:
+        self._requests[outcome].inc()
+        self._latency.observe(seconds)
 
 
 class ModelObserver:

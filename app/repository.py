@@ -111,7 +111,8 @@ def verify(name: str, version: int, path: Path, variant: str | None = None) -> M
             src.error = f"variant file {model_file} is not listed in artifacts"
             return src
     needed = list(dict.fromkeys([model_file, *candidates.values()]
-                                + ([manifest.tokenizer_file] if manifest.tokenizer_file else [])))
+                                + [f for f in (manifest.tokenizer_file, manifest.background_file)
+                                   if f]))
     verified = {}
     for fname in needed:
         fpath = path / fname

@@ -115,6 +115,30 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a predict request "
                                                              "(504); a header may lower it.")
 
+    # Explanations (POST /explain; README "Explanations")
+    explain_max_inputs: int = Field(8, ge=1, description="Most inputs (texts or rows) per "
+                                                        "explain request (422).")
+    explain_max_concurrent: int = Field(
+        4, ge=1, description="Explain requests computed at once per worker; more get 503 with "
+                             "Retry-After at once.")
+    explain_default_evaluations: int = Field(
+        2048, ge=2, description="Model evaluations an explanation may spend when the request "
+                                "names no `max_evaluations` (a feature model spends one per "
+                                "background row per coalition).")
+    explain_max_evaluations: int = Field(
+        16384, ge=2, description="Most model evaluations one input's explanation may spend "
+                                 "(a request asking more gets 422).")
+    explain_exact_max_players: int = Field(
+        10, ge=0, description="Exact Shapley values (all 2^n coalitions) up to this many words "
+                              "or features when they fit the budget; above, antithetic "
+                              "permutation sampling with a standard error.")
+    explain_batch_size: int = Field(
+        16, ge=1, description="Most explanation inputs in one model run of a text model's "
+                              "low-priority lane (small batches keep a prediction's wait "
+                              "for a running explanation batch short).")
+    ui: bool = Field(True, description="Serve the playground page at /ui (static files that "
+                                       "use the public API only).")
+
     # Server
     workers: int = Field(1, ge=0, description="Worker processes of `ortserve serve`; 0 = one "
                                               "per CPU core (see docs/benchmarks.md).")

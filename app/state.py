@@ -23,7 +23,7 @@ class AppState:
     dataplane: DataPlane = field(init=False)
 
     def __post_init__(self) -> None:
-        self.dataplane = DataPlane(self.registry)
+        self.dataplane = DataPlane(self.registry, self.settings.explain_max_concurrent)
 
     @property
     def draining(self) -> bool:

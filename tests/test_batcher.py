@@ -376,3 +376,60 @@ async def test_expected_wait_follows_the_queue():
     await job.future
     assert q.expected_wait(1) == pytest.approx(empty, rel=0.5)  # drained: one input again
     await q.close()
+
+
+class Starts(Recorder):
+    """A Recorder that also notes each batch as it starts (before the gate), with its
+    thread's niceness."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[list[int]] = []
+        self.nice: dict[int, int] = {}
+
+    def __call__(self, payloads):
+        import os
+
+        self.started.append(list(payloads))
+        self.nice[payloads[0]] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return super().__call__(payloads)
+
+
+async def test_a_prediction_overtakes_queued_background_work():
+    model = Starts()
+    model.gate.clear()
+    q = BatchQueue(model, BatchLimits(**DEFAULT_LIMITS), instances=1, low_batch_size=4)
+    q.start()
+    low = q.submit_low(list(range(100, 140)), [1] * 40)
+    await asyncio.sleep(0.05)  # the first background batch is running (held at the gate)
+    job = q.submit([7], [1])
+    model.gate.set()
+    assert await job.future == [14]
+    assert await low.future == [i * 2 for i in range(100, 140)]
+    # only the background batch already running was ahead of the prediction
+    assert model.started[:2] == [[100, 101, 102, 103], [7]]
+    assert all(len(b) <= 4 for b in model.started if b[0] >= 100)
+    await q.close()
+
+
+async def test_background_work_leaves_an_instance_free_and_runs_at_lower_priority():
+    import os
+
+    model = Starts()
+    model.gate.clear()
+    q = BatchQueue(model, BatchLimits(**DEFAULT_LIMITS), instances=2, low_batch_size=4)
+    q.start()
+    low = q.submit_low(list(range(100, 140)), [1] * 40)
+    await asyncio.sleep(0.05)
+    assert model.started == [[100, 101, 102, 103]]  # one instance of two, not both
+    job = q.submit([7], [1])
+    await asyncio.sleep(0.05)
+    assert model.started[-1] == [7]  # started at once on the free instance
+    model.gate.set()
+    await job.future
+    await low.future
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert model.nice[7] == base
+    if base < 19:  # the background thread was reniced (Linux, per thread)
+        assert model.nice[100] > base
+    await q.close()

@@ -34,6 +34,8 @@ def api_schema(live_service):
 
 
 OPERATIONS = ["POST /predict", "POST /models/{name}/predict", "GET /models",
+              "POST /explain", "POST /models/{name}/explain", "POST /v2/models/{name}/explain",
+              "POST /v2/models/{name}/versions/{version}/explain",
               "GET /models/{name}", "GET /models/{name}/versions/{version}",
               "GET /health/live", "GET /health/ready", "GET /metrics",
               # no admin key is configured: these answer 401/403 and change nothing

@@ -54,6 +54,7 @@ def publish_rows_model(output: Path, name: str, kind: str, module: torch.nn.Modu
     `evaluate_outputs(model_outputs)` returns the test metrics; `export` is the exporter
     (parity-checked by default).
     """
+    from app.explain.background import BACKGROUND_FILE, DEFAULT_ROWS, sample_rows, write_background
     from training.export import run_onnx
     from training.repository import new_version, provenance
 
@@ -61,6 +62,9 @@ def publish_rows_model(output: Path, name: str, kind: str, module: torch.nn.Modu
     with new_version(output, name) as version:
         onnx_path = version.dir / "model.onnx"
         parity = export(module, X_test, onnx_path, outputs["name"], seed)
+        write_background(version.dir / BACKGROUND_FILE, list(table.feature_names),
+                         sample_rows(table.X[splits.train], seed),
+                         f"{DEFAULT_ROWS} rows of the training split, drawn with seed {seed}")
         metrics = evaluate_outputs(run_onnx(onnx_path, [{"features": X_test}]))
         manifest = {
             "name": name,
@@ -70,6 +74,7 @@ def publish_rows_model(output: Path, name: str, kind: str, module: torch.nn.Modu
                        "features": [{"name": f, "dtype": "float32"} for f in table.feature_names]},
             "outputs": outputs,
             "model_file": "model.onnx",
+            "background_file": BACKGROUND_FILE,
             # rows are cheap: a deeper queue still drains in milliseconds
             "batching": {"max_batch_size": 256, "max_batch_tokens": 1 << 20, "max_delay_ms": 0,
                          "max_queue_size": 8192},

@@ -175,3 +175,74 @@ class IndexEntry(BaseModel):
 
 class RepositoryIndex(BaseModel):
     models: list[IndexEntry]
+
+
+# -- explanations ------------------------------------------------------------------------
+EXPLAIN_EXAMPLE = {"model": "sentiment", "inputs": ["I love this phone"], "seed": 0}
+
+
+class ExplainOptionsBody(BaseModel):
+    target: str | int | None = Field(
+        None, description="Class to explain, by label or index; default: the predicted "
+                          "class. Regressors: leave out.")
+    max_evaluations: int | None = Field(
+        None, ge=2, description="Most model evaluations per input (a feature model spends "
+                                "one per background row per coalition); default "
+                                "ORTSERVE_EXPLAIN_DEFAULT_EVALUATIONS, at most "
+                                "ORTSERVE_EXPLAIN_MAX_EVALUATIONS.")
+    seed: int = Field(0, ge=0, description="Seed of the sampled estimator: the same seed "
+                                           "gives the same answer.")
+    method: str = Field("auto", pattern="^(auto|exact|permutation)$",
+                        description="auto: exact Shapley values when the players fit "
+                                    "ORTSERVE_EXPLAIN_EXACT_MAX_PLAYERS and the budget, else "
+                                    "antithetic permutation sampling.")
+
+
+class ExplainRequest(ExplainOptionsBody):
+    model_config = ConfigDict(protected_namespaces=(), extra="forbid",
+                              json_schema_extra={"examples": [EXPLAIN_EXAMPLE]})
+
+    model: str | None = Field(None, pattern=NAME_PATTERN.pattern, max_length=128,
+                              description="Model name; the configured default when omitted.")
+    version: int | None = Field(None, ge=1, description="Served version to use.")
+    inputs: list[Input] = Field(..., min_length=1, description="As for predict.")
+
+
+class ModelExplainRequest(ExplainOptionsBody):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"inputs": ["I love this phone"], "target": "positive"}]})
+
+    version: int | None = Field(None, ge=1, description="Served version to use.")
+    inputs: list[Input] = Field(..., min_length=1)
+
+
+class Attribution(BaseModel):
+    value: float = Field(description="Shapley value: this word's or feature's share of "
+                                     "value - base_value.")
+    standard_error: float | None = Field(None, description="Sampled estimates only.")
+    word: str | None = Field(None, description="Text: the word as written.")
+    start: int | None = Field(None, description="Text: its first character's offset.")
+    end: int | None = Field(None, description="Text: the offset after its last character.")
+    feature: str | None = Field(None, description="Rows: the feature's name.")
+    input: float | None = Field(None, description="Rows: the feature's value in the input.")
+
+
+class Explanation(BaseModel):
+    prediction: dict[str, Any] = Field(description="As predict answers for this input.")
+    explained: str = Field(description="The class whose probability is explained, or "
+                                       "`value` for a regressor.")
+    value: float = Field(description="The explained output for the input.")
+    base_value: float = Field(description="The explained output for the baseline.")
+    method: str = Field(description="exact or permutation.")
+    evaluations: int = Field(description="Model evaluations spent.")
+    baseline: str | None = Field(description="What the baseline is.")
+    attributions: list[Attribution] = Field(description="Sum to value - base_value.")
+    dropped_words: int | None = Field(None, description="Text: words past the model's "
+                                                        "max length (not explained).")
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    version: int
+    explanations: list[Explanation]
+    timing: dict[str, float]

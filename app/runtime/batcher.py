@@ -7,11 +7,19 @@ optionally waits for company. Up to `instances` batches run at once, each in its
 (ONNX Runtime releases the GIL), so the event loop never blocks. The batcher knows nothing
 about text or rows: it moves opaque payloads with a cost (their length) and hands each job
 its results in input order.
+
+A second, lower-priority lane carries background work (the perturbed inputs of
+explanations): its batches start only when no prediction is queued, take at most
+`low_batch_size` items, leave one instance free for predictions when there are several,
+and run on their own thread at a lower CPU priority (nice +LOW_NICE), so a prediction never
+waits behind a queue of explanation work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -94,6 +102,15 @@ COST_DECAY = 0.9
 # Jobs whose estimate is at least this long teach admission how late jobs really finish
 # (the model's own cost leaves out the event loop's backlog and CPU shared with it).
 CALIBRATE_ABOVE_S = 0.01
+# Niceness of the thread that runs the low-priority lane's batches (Linux: per thread).
+LOW_NICE = 10
+
+
+def _lower_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOW_NICE)
+    except (AttributeError, OSError):  # not Linux, or not permitted: still runs, unniced
+        pass
 
 
 def _outcome(future: asyncio.Future) -> tuple[Sequence[Any], float] | BaseException:
@@ -112,12 +129,19 @@ class BatchQueue:
 
     def __init__(self, run_batch: Callable[[list[Any]], Sequence[Any]], limits: BatchLimits,
                  observer: BatchObserver | None = None, name: str = "model",
-                 instances: int = 1) -> None:
+                 instances: int = 1, low_batch_size: int = 16) -> None:
         self._run_batch = run_batch
         self.limits = limits
         self.instances = max(1, instances)
         self._observer = observer or _NullObserver()
         self._queue: deque[tuple[Job, int]] = deque()
+        # the low-priority lane (explanations): its own queue, thread and batch size
+        self._low: deque[tuple[Job, int]] = deque()
+        self.low_batch_size = max(1, low_batch_size)
+        self._low_running = 0  # background batches in flight
+        self._low_items = 0  # inputs in those batches
+        self._low_executor: ThreadPoolExecutor | None = None
+        self._name = name
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=self.instances,
                                             thread_name_prefix=f"ort-{name}")
@@ -163,6 +187,22 @@ class BatchQueue:
         self._observer.queue_depth(len(self._queue))
         self._wakeup.set()
         return job
+
+    def submit_low(self, payloads: Sequence[Any], costs: Sequence[int]) -> Job:
+        """Queue background work in the low-priority lane. No admission by deadline and no
+        queue bound here: the caller bounds what it submits (explanations: inputs per
+        request x evaluations per input x requests at once)."""
+        if self._worker is None or self._worker.done():
+            raise ModelNotReady("model is not accepting work")
+        job = Job(payloads, costs, asyncio.get_running_loop().create_future())
+        self._low.extend((job, i) for i in range(len(payloads)))
+        self._idle.clear()
+        self._wakeup.set()
+        return job
+
+    @property
+    def low_queued(self) -> int:
+        return len(self._low)
 
     def admit(self, cost: float, deadline: float) -> float | None:
         """Raise QueueFull (Retry-After: the expected wait) when a job of `cost` queued now
@@ -213,22 +253,31 @@ class BatchQueue:
     def _drop_dead_head(self) -> None:
         while self._queue and self._queue[0][0].dead:
             self._dequeued(*self._queue.popleft())
+        while self._low and self._low[0][0].dead:
+            self._low.popleft()
 
-    def _take(self) -> list[tuple[Job, int]]:
+    def _take(self, low: bool = False) -> list[tuple[Job, int]]:
         lim = self.limits
+        queue = self._low if low else self._queue
+        # a tiny model's batches run inline in microseconds: its low lane batches as usual
+        most = (min(lim.max_batch_size, self.low_batch_size) if low and not self.runs_inline
+                else lim.max_batch_size)
         batch: list[tuple[Job, int]] = []
         longest = 0
-        while self._queue and len(batch) < lim.max_batch_size:
-            job, i = self._queue[0]
+        while queue and len(batch) < most:
+            job, i = queue[0]
             if job.dead:
-                self._dequeued(*self._queue.popleft())
+                queue.popleft()
+                if not low:
+                    self._dequeued(job, i)
                 continue
             cost = max(longest, job.costs[i])
             if batch and cost * (len(batch) + 1) > lim.max_batch_tokens:
                 break
             longest = cost
-            batch.append(self._queue.popleft())
-            self._dequeued(job, i)
+            batch.append(queue.popleft())
+            if not low:
+                self._dequeued(job, i)
         return batch
 
     async def _wait_for_company(self) -> None:
@@ -247,11 +296,14 @@ class BatchQueue:
         loop = asyncio.get_running_loop()
         while True:
             if not self._has_work_and_instance():
-                if not self._queue and not self._running:
+                if not self._queue and not self._low and not self._running:
                     self._observer.queue_depth(0)
                     self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()  # set by submit() and by each finished batch
+                continue
+            if not self._queue:  # only the low-priority lane has work
+                self._launch_next(low=True)
                 continue
             if self.limits.max_delay_ms > 0:
                 await self._wait_for_company()
@@ -272,7 +324,15 @@ class BatchQueue:
 
     def _has_work_and_instance(self) -> bool:
         self._drop_dead_head()
-        return bool(self._queue) and self._running < self.instances
+        if self._running >= self.instances:
+            return False
+        return bool(self._queue) or self._low_may_start()
+
+    def _low_may_start(self) -> bool:
+        """Background batches start when no prediction is queued, and leave one instance
+        free for predictions when the model has several."""
+        return (bool(self._low) and not self._queue
+                and self._low_running < max(1, self.instances - 1))
 
     def _patience_left(self) -> float:
         """Seconds a free instance should still wait before taking what is queued; 0 = go.
@@ -285,21 +345,24 @@ class BatchQueue:
         10.9 on average (667 inputs/s); waiting for 1/2 of what is in flight, 22 (701/s);
         for 1/3, 21 and no instance waiting for its own clients (730/s).
         """
-        if not self._running:
+        if self._running == self._low_running:  # no prediction batch running: go
             return 0.0
         queued = len(self._queue)
         # one cohort per instance plus one waiting: a finished instance finds the next cohort
         # queued, while its own clients are still reading answers and sending again
-        share = -(-(queued + self._running_items) // (self.instances + 1))  # ceil division
+        running = self._running_items - self._low_items
+        share = -(-(queued + running) // (self.instances + 1))  # ceil division
         if queued >= min(share, self.limits.max_batch_size):
             return 0.0
         waited = time.perf_counter() - self._queue[0][0].enqueued_at
         return max(0.0, PATIENCE_FRACTION * self._recent_run_s - waited)
 
-    def _launch_next(self) -> None:
-        """Take the next batch from the queue and start it (inline for a tiny model)."""
-        batch = self._take()
-        self._observer.queue_depth(len(self._queue))
+    def _launch_next(self, low: bool = False) -> None:
+        """Take the next batch from the queue (or the low-priority lane) and start it
+        (inline for a tiny model)."""
+        batch = self._take(low)
+        if not low:
+            self._observer.queue_depth(len(self._queue))
         if not batch:
             return
         now = time.perf_counter()
@@ -309,22 +372,35 @@ class BatchQueue:
         payloads = [job.payloads[i] for job, i in batch]
         self._running += 1
         self._running_items += len(batch)
+        self._low_running += low
+        self._low_items += len(batch) if low else 0
         if self.runs_inline:
             try:
                 result = self._timed_run(payloads)
             except Exception as exc:  # noqa: BLE001 - fail this batch's jobs only
                 result = exc
-            self._finish(batch, result)
+            self._finish(batch, result, low)
         else:
             future = asyncio.get_running_loop().run_in_executor(
-                self._executor, self._timed_run, payloads)
-            future.add_done_callback(lambda f, batch=batch: self._finish(batch, _outcome(f)))
+                self._low_thread() if low else self._executor, self._timed_run, payloads)
+            future.add_done_callback(
+                lambda f, batch=batch, low=low: self._finish(batch, _outcome(f), low))
+
+    def _low_thread(self) -> ThreadPoolExecutor:
+        if self._low_executor is None:
+            self._low_executor = ThreadPoolExecutor(
+                max_workers=max(1, self.instances - 1), initializer=_lower_priority,
+                thread_name_prefix=f"ort-{self._name}-low")
+        return self._low_executor
 
     def _finish(self, batch: list[tuple[Job, int]],
-                result: tuple[Sequence[Any], float] | BaseException) -> None:
+                result: tuple[Sequence[Any], float] | BaseException,
+                low: bool = False) -> None:
         """On the event loop, when a batch is done: hand out its outputs (or its error)."""
         self._running -= 1
         self._running_items -= len(batch)
+        self._low_running -= low
+        self._low_items -= len(batch) if low else 0
         self.batches_run += 1
         self._wakeup.set()
         if isinstance(result, tuple) and len(result[0]) != len(batch):
@@ -357,7 +433,8 @@ class BatchQueue:
                     self._lateness = 0.9 * self._lateness + 0.1 * late
         if (self.limits.max_delay_ms <= 0 and not self.runs_inline
                 and self._worker is not None and not self._worker.done()
-                and self._has_work_and_instance() and not self._patience_left()):
+                and self._queue and self._has_work_and_instance()
+                and not self._patience_left()):
             # What queued up while this batch ran goes at once, not a loop iteration later.
             self._launch_next()
 
@@ -399,7 +476,7 @@ class BatchQueue:
     # -- lifecycle -----------------------------------------------------------------------
     async def drain(self) -> None:
         """Return once every queued item has run (or was dropped) and no batch is running."""
-        while self._queue or self._running:
+        while self._queue or self._low or self._running:
             self._idle.clear()
             await self._idle.wait()
 
@@ -412,9 +489,12 @@ class BatchQueue:
                 pass
             self._worker = None  # the cancelled task and its traceback refer back to us
         self._queued_cost = 0
-        while self._queue:
-            job, _ = self._queue.popleft()
-            if not job.future.done():
-                job.future.set_exception(ModelNotReady("model was unloaded"))
+        for queue in (self._queue, self._low):
+            while queue:
+                job, _ = queue.popleft()
+                if not job.future.done():
+                    job.future.set_exception(ModelNotReady("model was unloaded"))
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._low_executor is not None:
+            self._low_executor.shutdown(wait=False, cancel_futures=True)
         self._run_batch = _closed  # let go of the model (session, weights) at once

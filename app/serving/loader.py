@@ -7,7 +7,9 @@ import asyncio
 import logging
 import time
 
-from app.metrics import Metrics, ModelObserver, RequestObserver
+from app.explain.background import BadBackground
+from app.explain.explainer import Explainer, ExplainLimits
+from app.metrics import ExplainObserver, Metrics, ModelObserver, RequestObserver
 from app.pipelines import build_pipeline
 from app.repository import ModelSource
 from app.runtime.batcher import BatchLimits, BatchQueue
@@ -136,6 +138,16 @@ async def load(source: ModelSource, settings: Settings, metrics: Metrics) -> Loa
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to build is this version's
         raise LoadError("session", f"cannot load: {type(exc).__name__}: {exc}") from exc
+    else:
+        explainer, explain_error = None, None
+        try:
+            explainer = Explainer.for_model(m, pipeline, ExplainLimits(
+                s.explain_max_inputs, s.explain_default_evaluations, s.explain_max_evaluations,
+                s.explain_exact_max_players), source.verified)
+        except BadBackground as exc:  # predictions still serve; explain answers why not
+            explain_error = str(exc)
+            log.warning("model %s version %s: no explanations: %s", source.name,
+                        source.version, exc)
     finally:
         source.verified = None  # ONNX Runtime and the tokenizer keep their own copies
     rates: dict[str, float] = {}
@@ -158,7 +170,8 @@ async def load(source: ModelSource, settings: Settings, metrics: Metrics) -> Loa
     labels = (source.name, str(source.version))
     queue = BatchQueue(lambda payloads: pipeline.run_batch(session.run, payloads), limits,
                        ModelObserver(metrics, *labels), name=source.name,
-                       instances=resolved_instances(s, session.provider != CPU))
+                       instances=resolved_instances(s, session.provider != CPU),
+                       low_batch_size=s.explain_batch_size)
     try:
         if s.warmup:
             warm = pipeline.warmup_payloads(limits.max_batch_size)
@@ -174,7 +187,8 @@ async def load(source: ModelSource, settings: Settings, metrics: Metrics) -> Loa
     queue.start()
     model = LoadedModel(source, pipeline, session, queue, limits,
                         RequestObserver(metrics, *labels),
-                        round(time.perf_counter() - t0, 3), round(rss_mb() - rss0, 1))
+                        round(time.perf_counter() - t0, 3), round(rss_mb() - rss0, 1),
+                        explainer, ExplainObserver(metrics, *labels), explain_error)
     log.info("model %s version %s ready on %s in %.2f s", source.name, source.version,
              session.provider, model.load_seconds)
     return model

@@ -25,8 +25,9 @@ from app.errors import (
     QueueFull,
     ServingError,
 )
+from app.explain.explainer import Explainer, ExplainOptions, NotExplainable
 from app.manifest import Manifest
-from app.metrics import RequestObserver
+from app.metrics import ExplainObserver, RequestObserver
 from app.pipelines import Pipeline
 from app.repository import ModelSource
 from app.runtime.batcher import BatchLimits, BatchQueue, Job
@@ -102,7 +103,10 @@ class LoadedModel:
 
     def __init__(self, source: ModelSource, pipeline: Pipeline, session: ModelSession,
                  queue: BatchQueue, limits: BatchLimits, observer: RequestObserver,
-                 load_seconds: float, memory_mb: float | None) -> None:
+                 load_seconds: float, memory_mb: float | None,
+                 explainer: Explainer | None = None,
+                 explain_observer: ExplainObserver | None = None,
+                 explain_error: str | None = None) -> None:
         assert source.manifest is not None and source.version is not None
         self.source = source
         self.manifest: Manifest = source.manifest
@@ -110,6 +114,8 @@ class LoadedModel:
         self.pipeline, self.session, self.queue = pipeline, session, queue
         self.limits, self.observer = limits, observer
         self.load_seconds, self.memory_mb = load_seconds, memory_mb
+        self.explainer, self.explain_observer = explainer, explain_observer
+        self.explain_error = explain_error  # why it cannot be explained, when it cannot
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -183,6 +189,74 @@ class LoadedModel:
             if self._inflight == 0:
                 self._idle.set()
 
+    async def explain(self, inputs: Sequence[Any], options: ExplainOptions, timeout_s: float,
+                      client_gone: ClientGone | None = None) -> list[dict]:
+        """Shapley values of the model's output for each input (app/explain/). The
+        coalitions of every input go to the batch queue as one job in its low-priority
+        lane, so predictions never wait behind them; the deadline and a client leaving drop
+        what has not run."""
+        t0 = time.perf_counter()
+        outcome = "server_error"
+        self._inflight += 1
+        self._idle.clear()
+        guard = None
+        try:
+            if not self._accepting:
+                raise ModelNotReady(f"model {self.name} version {self.version} is draining")
+            if self.explainer is None:
+                raise NotExplainable(f"model {self.name} version {self.version} cannot be "
+                                     f"explained: {self.explain_error or 'no explainer'}")
+            budget = self.explainer.check(inputs, options)
+            payloads, _ = self.pipeline.preprocess(inputs)
+            work, coalition_inputs = [], []
+            for raw, payload in zip(inputs, payloads, strict=True):
+                players = self.explainer.players(raw, payload)
+                plan = self.explainer.plan(players, budget, options)
+                batch = players.payloads(plan.masks)
+                work.append((players, plan, len(batch)))
+                coalition_inputs += batch
+            job = self.queue.submit_low(coalition_inputs,
+                                        [self.pipeline.cost(p) for p in coalition_inputs])
+            guard = _Guard(job, timeout_s, client_gone, 0.0)
+            try:
+                outputs = np.asarray(await job.future)
+            except ServingError:
+                raise
+            except Exception as exc:
+                log.exception("model %s version %s: explanation batch failed", self.name,
+                              self.version)
+                raise InferenceFailed(f"model {self.name} failed on an explanation batch: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+            if self.explain_observer is not None:
+                self.explain_observer.evaluated(len(outputs))
+            results, start = [], 0
+            for players, plan, count in work:
+                results.append(self.explainer.attribute(
+                    players, plan, outputs[start:start + count], options))
+                start += count
+            outcome = "success"
+            return results
+        except QueueFull:
+            outcome = "rejected"
+            raise
+        except DeadlineExceeded:
+            outcome = "timeout"
+            raise
+        except ClientCancelled:
+            outcome = "cancelled"
+            raise
+        except CLIENT_ERRORS:
+            outcome = "client_error"
+            raise
+        finally:
+            if guard is not None:
+                guard.cancel()
+            if self.explain_observer is not None:
+                self.explain_observer.done(outcome, time.perf_counter() - t0)
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
     async def drain(self) -> None:
         """Stop taking requests; return once every accepted one has been answered."""
         self._accepting = False
@@ -202,4 +276,7 @@ class LoadedModel:
             "provider": s.provider, "providers": s.providers, "requested_providers": s.requested,
             "batching": vars(self.limits), "instances": self.queue.instances,
             "load_seconds": self.load_seconds, "memory_mb": self.memory_mb,
+            "explainable": self.explainer is not None and (
+                self.explainer.text or self.explainer.background is not None),
+            "explain_baseline": self.explainer.baseline if self.explainer else None,
         }

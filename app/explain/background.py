@@ -1,0 +1,63 @@
+"""The background of a feature model's explanations: rows of its training split.
+
+An explanation of a row asks what the model says when some features are unknown; an unknown
+feature takes its values from these rows, and the model's outputs are averaged over them
+(interventional Shapley values, as KernelSHAP and `shap`'s explainers compute with a
+background sample). The file is JSON: {"features": [names in manifest order], "rows":
+[[numbers]...], "source": "where the rows came from"}, listed in the manifest's artifacts
+(`background_file`), so the server verifies it like the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+BACKGROUND_FILE = "background.json"
+# Rows the trainer samples: each coalition of features costs this many model evaluations,
+# and 10 rows is what shap's documentation suggests summarising a background to.
+DEFAULT_ROWS = 10
+MAX_ROWS = 100
+
+
+class BadBackground(ValueError):
+    pass
+
+
+def write_background(path: Path, features: list[str], rows: np.ndarray, source: str) -> None:
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[1] != len(features) or not 1 <= len(rows) <= MAX_ROWS:
+        raise BadBackground(f"a background needs 1 to {MAX_ROWS} rows of {len(features)} "
+                            f"features, got shape {rows.shape}")
+    if not np.isfinite(rows).all():
+        raise BadBackground("background rows must be finite numbers")
+    path.write_text(json.dumps({"features": features, "rows": rows.tolist(),
+                                "source": source}) + "\n")
+
+
+def read_background(data: bytes, features: list[str]) -> tuple[np.ndarray, str]:
+    """The rows as float32 (k, features) in manifest order, and where they came from."""
+    try:
+        doc = json.loads(data)
+        names, rows = doc["features"], doc["rows"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadBackground(f"background: not the expected JSON ({exc})") from None
+    if names != features:
+        raise BadBackground("background: its features differ from the manifest's")
+    if (not isinstance(rows, list) or not 1 <= len(rows) <= MAX_ROWS
+            or any(not isinstance(r, list) or len(r) != len(features) for r in rows)
+            or any(not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v)
+                   for r in rows for v in r)):
+        raise BadBackground(f"background: needs 1 to {MAX_ROWS} rows of {len(features)} "
+                            "finite numbers")
+    return np.asarray(rows, dtype=np.float32), str(doc.get("source", ""))
+
+
+def sample_rows(X: np.ndarray, seed: int, k: int = DEFAULT_ROWS) -> np.ndarray:
+    """k rows of X drawn without replacement (all of them when X has fewer)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(X), size=min(k, len(X)), replace=False)
+    return X[np.sort(idx)]
