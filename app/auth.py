@@ -56,8 +56,9 @@ class KeyStore:
 
 class AuthMiddleware:
     def __init__(self, app, keys: KeyStore, exempt: list[str], limiter: Limiter | None,
-                 own_auth: tuple[str, ...] = ()) -> None:
+                 own_auth: tuple[str, ...] = (), public: tuple[str, ...] = ()) -> None:
         self.app = app
+        self.public = public  # path prefixes anyone may fetch (the playground's files)
         self.keys = keys
         self.exempt = set(exempt)
         self.own_auth = own_auth  # path prefixes with keys of their own (the admin API)
@@ -65,7 +66,8 @@ class AuthMiddleware:
 
     async def __call__(self, scope, receive, send):
         if (scope["type"] != "http" or not self.keys.enabled or scope["path"] in self.exempt
-                or scope["path"].startswith(self.own_auth)):
+                or scope["path"].startswith(self.own_auth)
+                or scope["path"].startswith(self.public)):
             return await self.app(scope, receive, send)
         path = scope["path"]
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)

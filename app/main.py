@@ -7,9 +7,11 @@ import gc
 import inspect
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
 
 from app import __version__
 from app.api import health
@@ -31,6 +33,7 @@ from app.serving.registry import ModelRegistry
 from app.settings import Settings
 
 log = logging.getLogger("ortserve")
+UI_DIR = Path(__file__).resolve().parent / "ui"  # the playground (README "Explanations")
 
 DESCRIPTION = """Serves ONNX text classifiers, tabular classifiers and regressors from a
 versioned model repository, with dynamic batching, health checks and Prometheus metrics.
@@ -111,11 +114,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for r in (predict.router, explain.router, models.router, health.router, metrics_api.router,
               repository.router, v2_rest.router, v2_repository.router):
         app.include_router(r)
+    if settings.ui:
+        # the playground: static files that call the public API (which asks for the key)
+        app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
     # Starlette runs the last added middleware first: request context, drain gate, CORS,
     # auth, app.
     app.add_middleware(AuthMiddleware, keys=keys, exempt=settings.auth_exempt_paths,
                        limiter=limiter,
-                       own_auth=("/repository/", "/v2/repository/"))
+                       own_auth=("/repository/", "/v2/repository/"),
+                       public=("/ui/",) if settings.ui else ())
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"],

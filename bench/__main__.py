@@ -353,6 +353,12 @@ def peers(a: argparse.Namespace) -> int:
     return run_peers(Path(a.models), a.seconds, a.only, Path(a.out))
 
 
+def explain(a: argparse.Namespace) -> int:
+    from bench.explain import run_explain
+
+    return run_explain(Path(a.models), a.seconds, a.rounds, a.explainers, Path(a.out))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m bench")
@@ -433,6 +439,13 @@ def main(argv: list[str] | None = None) -> int:
                                       "peers section")
     pe.add_argument("--seconds", type=float, default=8.0, help="per row")
     pe.add_argument("--only", nargs="*", help="peer names, e.g. litserve mlserver")
+    ex = command("explain", explain, help="explanations: cost per model and method, and "
+                                          "predict latency at c=16 with and without "
+                                          "explanations running; writes docs/benchmarks.md's "
+                                          "explain section")
+    ex.add_argument("--seconds", type=float, default=10.0, help="per load row")
+    ex.add_argument("--rounds", type=int, default=2)
+    ex.add_argument("--explainers", type=int, default=2, help="explaining clients")
     a = p.parse_args(argv)
     return a.func(a)
 

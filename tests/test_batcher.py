@@ -391,7 +391,9 @@ class Starts(Recorder):
         import os
 
         self.started.append(list(payloads))
-        self.nice[payloads[0]] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        tid = threading.get_native_id()
+        self.nice[payloads[0]] = (os.sched_getscheduler(tid),
+                                  os.getpriority(os.PRIO_PROCESS, tid))
         return super().__call__(payloads)
 
 
@@ -406,13 +408,29 @@ async def test_a_prediction_overtakes_queued_background_work():
     model.gate.set()
     assert await job.future == [14]
     assert await low.future == [i * 2 for i in range(100, 140)]
-    # only the background batch already running was ahead of the prediction
+    # only the background batch already running (low_batch_size items) was ahead of it
     assert model.started[:2] == [[100, 101, 102, 103], [7]]
-    assert all(len(b) <= 4 for b in model.started if b[0] >= 100)
     await q.close()
 
 
-async def test_background_work_leaves_an_instance_free_and_runs_at_lower_priority():
+async def test_background_work_waits_for_running_predictions_and_runs_niced():
+    model = Starts()
+    model.gate.clear()
+    q = BatchQueue(model, BatchLimits(**DEFAULT_LIMITS), instances=2, low_batch_size=4)
+    q.start()
+    job = q.submit([7], [1])
+    await asyncio.sleep(0.05)
+    low = q.submit_low(list(range(100, 108)), [1] * 8)
+    await asyncio.sleep(0.05)
+    assert model.started == [[7]]  # a free instance, but a prediction is running
+    model.gate.set()
+    await job.future
+    await low.future
+    assert model.started[1] == [100, 101, 102, 103]
+    await q.close()
+
+
+async def test_background_work_runs_one_batch_at_a_time_beside_predictions_niced():
     import os
 
     model = Starts()
@@ -421,15 +439,20 @@ async def test_background_work_leaves_an_instance_free_and_runs_at_lower_priorit
     q.start()
     low = q.submit_low(list(range(100, 140)), [1] * 40)
     await asyncio.sleep(0.05)
-    assert model.started == [[100, 101, 102, 103]]  # one instance of two, not both
+    assert model.started == [[100, 101, 102, 103]]  # one background batch, not one per instance
     job = q.submit([7], [1])
     await asyncio.sleep(0.05)
-    assert model.started[-1] == [7]  # started at once on the free instance
+    second = q.submit([8], [1])
+    await asyncio.sleep(0.05)
+    # both instances are the predictions': each starts at once although a background batch
+    # is running
+    assert sorted(model.started[1:]) == [[7], [8]]
     model.gate.set()
     await job.future
+    await second.future
     await low.future
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    assert model.nice[7] == base
-    if base < 19:  # the background thread was reniced (Linux, per thread)
-        assert model.nice[100] > base
+    base = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+    assert model.nice[7] == model.nice[8] == base
+    # the background thread runs under SCHED_IDLE (Linux, per thread), or reniced
+    assert model.nice[100][0] == os.SCHED_IDLE or model.nice[100][1] > base[1]
     await q.close()

@@ -62,9 +62,11 @@ def publish_rows_model(output: Path, name: str, kind: str, module: torch.nn.Modu
     with new_version(output, name) as version:
         onnx_path = version.dir / "model.onnx"
         parity = export(module, X_test, onnx_path, outputs["name"], seed)
+        X_train = table.X[splits.train]
         write_background(version.dir / BACKGROUND_FILE, list(table.feature_names),
-                         sample_rows(table.X[splits.train], seed),
-                         f"{DEFAULT_ROWS} rows of the training split, drawn with seed {seed}")
+                         sample_rows(X_train, seed),
+                         f"{DEFAULT_ROWS} rows of the training split, drawn with seed {seed}",
+                         (X_train.min(axis=0), X_train.max(axis=0)))
         metrics = evaluate_outputs(run_onnx(onnx_path, [{"features": X_test}]))
         manifest = {
             "name": name,

@@ -123,6 +123,13 @@ class ModelSummary(BaseModel):
     requested_providers: list[str] | None
     batching: BatchingInfo | None
     instances: int | None = Field(None, description="Batches of this model that run at once.")
+    explainable: bool | None = Field(None, description="POST /models/{name}/explain answers "
+                                                       "for this version.")
+    explain_baseline: str | None = Field(None, description="What its explanations compare "
+                                                           "the input with.")
+    feature_ranges: list[dict[str, Any]] | None = Field(
+        None, description="Feature models with a background: per feature its name, min, max "
+                          "(of the training split) and a typical value.")
     policy: str | list[int] | None = Field(None, description="Version policy.")
     pinned_version: int | None = Field(
         None, description="Set by an explicit load of one version: requests without a "

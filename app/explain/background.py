@@ -4,8 +4,10 @@ An explanation of a row asks what the model says when some features are unknown;
 feature takes its values from these rows, and the model's outputs are averaged over them
 (interventional Shapley values, as KernelSHAP and `shap`'s explainers compute with a
 background sample). The file is JSON: {"features": [names in manifest order], "rows":
-[[numbers]...], "source": "where the rows came from"}, listed in the manifest's artifacts
-(`background_file`), so the server verifies it like the model.
+[[numbers]...], "source": "where the rows came from", "ranges": optional {"min": [...],
+"max": [...]} of the whole training split, per feature}, listed in the manifest's artifacts
+(`background_file`), so the server verifies it like the model. The ranges give the
+playground's form its bounds.
 """
 
 from __future__ import annotations
@@ -27,15 +29,19 @@ class BadBackground(ValueError):
     pass
 
 
-def write_background(path: Path, features: list[str], rows: np.ndarray, source: str) -> None:
+def write_background(path: Path, features: list[str], rows: np.ndarray, source: str,
+                     ranges: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     rows = np.asarray(rows, dtype=np.float64)
     if rows.ndim != 2 or rows.shape[1] != len(features) or not 1 <= len(rows) <= MAX_ROWS:
         raise BadBackground(f"a background needs 1 to {MAX_ROWS} rows of {len(features)} "
                             f"features, got shape {rows.shape}")
     if not np.isfinite(rows).all():
         raise BadBackground("background rows must be finite numbers")
-    path.write_text(json.dumps({"features": features, "rows": rows.tolist(),
-                                "source": source}) + "\n")
+    doc = {"features": features, "rows": rows.tolist(), "source": source}
+    if ranges is not None:
+        doc["ranges"] = {"min": np.asarray(ranges[0], dtype=np.float64).tolist(),
+                         "max": np.asarray(ranges[1], dtype=np.float64).tolist()}
+    path.write_text(json.dumps(doc) + "\n")
 
 
 def read_background(data: bytes, features: list[str]) -> tuple[np.ndarray, str]:
@@ -54,6 +60,19 @@ def read_background(data: bytes, features: list[str]) -> tuple[np.ndarray, str]:
         raise BadBackground(f"background: needs 1 to {MAX_ROWS} rows of {len(features)} "
                             "finite numbers")
     return np.asarray(rows, dtype=np.float32), str(doc.get("source", ""))
+
+
+def feature_ranges(data: bytes, features: list[str]) -> list[dict]:
+    """Per feature: name, min, max (of the training split when the file has them, else of
+    its rows) and a typical value (the rows' median), for forms that fill a row."""
+    doc = json.loads(data)
+    rows = np.asarray(doc["rows"], dtype=np.float64)
+    ranges = doc.get("ranges") or {}
+    lo = ranges.get("min") or rows.min(axis=0).tolist()
+    hi = ranges.get("max") or rows.max(axis=0).tolist()
+    mid = np.median(rows, axis=0).tolist()
+    return [{"name": f, "min": lo[j], "max": hi[j], "typical": mid[j]}
+            for j, f in enumerate(features)]
 
 
 def sample_rows(X: np.ndarray, seed: int, k: int = DEFAULT_ROWS) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from app.errors import InvalidInput
 from app.explain import shapley
-from app.explain.background import BadBackground, read_background
+from app.explain.background import BadBackground, feature_ranges, read_background
 from app.explain.players import RowPlayers, TextPlayers
 from app.manifest import Manifest
 
@@ -45,9 +45,11 @@ class ExplainLimits:
 
 class Explainer:
     def __init__(self, manifest: Manifest, pipeline, limits: ExplainLimits,
-                 background: np.ndarray | None, background_source: str = "") -> None:
+                 background: np.ndarray | None, background_source: str = "",
+                 feature_ranges: list[dict] | None = None) -> None:
         self.manifest, self.pipeline, self.limits = manifest, pipeline, limits
         self.background, self.background_source = background, background_source
+        self.feature_ranges = feature_ranges  # for forms that fill a row (the playground)
         self.text = manifest.inputs.type == "text"
         if self.text:
             tok = pipeline.tokenizer
@@ -64,14 +66,15 @@ class Explainer:
     @classmethod
     def for_model(cls, manifest: Manifest, pipeline, limits: ExplainLimits,
                   verified: dict[str, bytes] | None) -> Explainer:
-        background, source = None, ""
+        background, source, ranges = None, "", None
         if manifest.background_file:
             data = (verified or {}).get(manifest.background_file)
             if data is None:
                 raise BadBackground(f"{manifest.background_file} was not verified")
-            background, source = read_background(
-                data, [f.name for f in manifest.inputs.features or []])
-        return cls(manifest, pipeline, limits, background, source)
+            names = [f.name for f in manifest.inputs.features or []]
+            background, source = read_background(data, names)
+            ranges = feature_ranges(data, names)
+        return cls(manifest, pipeline, limits, background, source, ranges)
 
     # -- one request -------------------------------------------------------------------
     def check(self, inputs: Sequence[Any], options: ExplainOptions) -> int:

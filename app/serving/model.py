@@ -279,4 +279,5 @@ class LoadedModel:
             "explainable": self.explainer is not None and (
                 self.explainer.text or self.explainer.background is not None),
             "explain_baseline": self.explainer.baseline if self.explainer else None,
+            "feature_ranges": self.explainer.feature_ranges if self.explainer else None,
         }
