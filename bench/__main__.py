@@ -359,6 +359,12 @@ def explain(a: argparse.Namespace) -> int:
     return run_explain(Path(a.models), a.seconds, a.rounds, a.explainers, Path(a.out))
 
 
+def shap(a: argparse.Namespace) -> int:
+    from bench.shap_compare import run_shap
+
+    return run_shap(Path(a.models), Path(a.out))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m bench")
@@ -446,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--seconds", type=float, default=10.0, help="per load row")
     ex.add_argument("--rounds", type=int, default=2)
     ex.add_argument("--explainers", type=int, default=2, help="explaining clients")
+    command("shap", shap, help="what the shap library would add (size, packages) and its "
+                               "explainers beside /explain on the same rows; writes "
+                               "docs/benchmarks.md's shap section")
     a = p.parse_args(argv)
     return a.func(a)
 

@@ -430,7 +430,7 @@ async def test_background_work_waits_for_running_predictions_and_runs_niced():
     await q.close()
 
 
-async def test_background_work_runs_one_batch_at_a_time_beside_predictions_niced():
+async def test_background_work_runs_one_batch_at_a_time_and_predictions_start_at_once():
     import os
 
     model = Starts()

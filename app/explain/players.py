@@ -89,12 +89,13 @@ class RowPlayers:
         return len(self.x)
 
     def payloads(self, masks: np.ndarray) -> list[np.ndarray]:
-        """Background-many rows per coalition, coalition by coalition."""
-        rows = np.where(masks[:, None, :], self.x[None, None, :], self.background[None])
-        return list(rows.reshape(-1, self.n))
+        """One block of background-many rows per coalition (the rows pipeline runs a block
+        as one payload)."""
+        return list(np.where(masks[:, None, :], self.x[None, None, :], self.background[None]))
 
     def values(self, outputs: np.ndarray, column: int) -> np.ndarray:
-        per = outputs[:, column].astype(np.float64).reshape(-1, self.per_coalition)
+        """The mean over each coalition's block of rows."""
+        per = outputs[..., column].astype(np.float64).reshape(-1, self.per_coalition)
         return per.mean(axis=1)
 
 

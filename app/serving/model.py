@@ -208,15 +208,16 @@ class LoadedModel:
                                      f"explained: {self.explain_error or 'no explainer'}")
             budget = self.explainer.check(inputs, options)
             payloads, _ = self.pipeline.preprocess(inputs)
-            work, coalition_inputs = [], []
+            work, coalition_inputs, costs, evaluations = [], [], [], 0
             for raw, payload in zip(inputs, payloads, strict=True):
                 players = self.explainer.players(raw, payload)
                 plan = self.explainer.plan(players, budget, options)
                 batch = players.payloads(plan.masks)
                 work.append((players, plan, len(batch)))
                 coalition_inputs += batch
-            job = self.queue.submit_low(coalition_inputs,
-                                        [self.pipeline.cost(p) for p in coalition_inputs])
+                costs += [self.pipeline.cost(batch[0])] * len(batch)  # masking keeps length
+                evaluations += len(batch) * players.per_coalition
+            job = self.queue.submit_low(coalition_inputs, costs)
             guard = _Guard(job, timeout_s, client_gone, 0.0)
             try:
                 outputs = np.asarray(await job.future)
@@ -228,7 +229,7 @@ class LoadedModel:
                 raise InferenceFailed(f"model {self.name} failed on an explanation batch: "
                                       f"{type(exc).__name__}: {exc}") from exc
             if self.explain_observer is not None:
-                self.explain_observer.evaluated(len(outputs))
+                self.explain_observer.evaluated(evaluations)
             results, start = [], 0
             for players, plan, count in work:
                 results.append(self.explainer.attribute(

@@ -172,7 +172,8 @@ function showResult(e) {
     : `P(${e.explained})`}: ${fmt(e.base_value)} at the baseline, ${fmt(e.value)} for this input; ` +
     `${e.method === "exact" ? "exact" : "sampled (antithetic permutations)"}, ` +
     `${e.evaluations} model evaluations${se ? ", hover for the standard error" : ""}.`;
-  $("baseline").textContent = `Baseline: ${e.baseline}.` +
+  $("baseline").textContent = `Green: towards ${e.explained === "value" ? "a higher value"
+    : e.explained}; red: away from it. Baseline: ${e.baseline}.` +
     (e.dropped_words ? ` ${e.dropped_words} word(s) past the model's length were not explained.` : "");
   const scale = Math.max(1e-12, ...e.attributions.map((a) => Math.abs(a.value)));
   const words = $("words");
