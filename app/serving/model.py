@@ -85,6 +85,19 @@ class _Guard:
             self._watch.cancel()
 
 
+def outcome_of(exc: BaseException) -> str:
+    """The metrics' outcome label of a request that raised `exc`."""
+    if isinstance(exc, QueueFull):
+        return "rejected"
+    if isinstance(exc, DeadlineExceeded):
+        return "timeout"
+    if isinstance(exc, ClientCancelled):
+        return "cancelled"
+    if isinstance(exc, CLIENT_ERRORS):
+        return "client_error"
+    return "server_error"
+
+
 @dataclass(frozen=True, slots=True)
 class InferenceResult:
     """What a model answered for one request: one output row per input, in input order."""
@@ -171,17 +184,8 @@ class LoadedModel:
             self.observer.predicted(len(outputs), queue_s)
             return InferenceResult(self.name, self.version, self.kind, self.labels, outputs,
                                    queue_s, job.inference_s)
-        except QueueFull:
-            outcome = "rejected"
-            raise
-        except DeadlineExceeded:
-            outcome = "timeout"
-            raise
-        except ClientCancelled:
-            outcome = "cancelled"
-            raise
-        except CLIENT_ERRORS:
-            outcome = "client_error"
+        except BaseException as exc:
+            outcome = outcome_of(exc)
             raise
         finally:
             self.observer.request_done(api, outcome, time.perf_counter() - t0, count)
@@ -237,17 +241,8 @@ class LoadedModel:
                 start += count
             outcome = "success"
             return results
-        except QueueFull:
-            outcome = "rejected"
-            raise
-        except DeadlineExceeded:
-            outcome = "timeout"
-            raise
-        except ClientCancelled:
-            outcome = "cancelled"
-            raise
-        except CLIENT_ERRORS:
-            outcome = "client_error"
+        except BaseException as exc:
+            outcome = outcome_of(exc)
             raise
         finally:
             if guard is not None:

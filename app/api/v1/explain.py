@@ -15,23 +15,12 @@ from app.api.errors import CLIENT_CLOSED_STATUS
 from app.api.http import BodyLost, client_gone
 from app.api.lean import LeanRoute
 from app.api.schemas import ExplainRequest, ExplainResponse, ModelExplainRequest
-from app.api.v1.predict import ERRORS, MAX_NAME_LENGTH, _openapi, _parse, _timeout
+from app.api.v1.predict import ERRORS, _openapi, _parse, _timeout, path_name
 from app.explain.explainer import ExplainOptions
-from app.manifest import NAME_PATTERN
 from app.responses import JSONResponse
 from app.state import AppState
 
 router = APIRouter(tags=["explain"], route_class=LeanRoute)
-
-
-def _name(request: Request) -> str:
-    name = request.path_params["name"]
-    if len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(name):
-        raise RequestValidationError([{
-            "type": "string_pattern_mismatch", "loc": ("path", "name"), "input": name,
-            "msg": f"must match {NAME_PATTERN.pattern} and be at most {MAX_NAME_LENGTH} "
-                   "characters"}])
-    return name
 
 
 async def _serve(request: Request, body_type, name: str | None = None,
@@ -70,7 +59,7 @@ async def explain(request: Request):
              summary="Explain the answers of the model in the path",
              openapi_extra=_openapi(ModelExplainRequest, path_name=True))
 async def explain_model(request: Request):
-    return await _serve(request, ModelExplainRequest, _name(request))
+    return await _serve(request, ModelExplainRequest, path_name(request))
 
 
 @router.post("/v2/models/{name}/explain", response_model=ExplainResponse, responses=ERRORS,
@@ -78,7 +67,7 @@ async def explain_model(request: Request):
                      "Protocol defines no explain endpoint)",
              openapi_extra=_openapi(ModelExplainRequest, path_name=True))
 async def explain_v2(request: Request):
-    return await _serve(request, ModelExplainRequest, _name(request))
+    return await _serve(request, ModelExplainRequest, path_name(request))
 
 
 def _with_version(extra: dict) -> dict:
@@ -96,4 +85,4 @@ async def explain_v2_version(request: Request):
     if not raw.isdigit() or int(raw) < 1:
         raise RequestValidationError([{"type": "greater_than_equal", "loc": ("path", "version"),
                                        "msg": "must be an integer >= 1", "input": raw}])
-    return await _serve(request, ModelExplainRequest, _name(request), int(raw))
+    return await _serve(request, ModelExplainRequest, path_name(request), int(raw))

@@ -75,6 +75,17 @@ async def _parse(request: Request, body: type[BodyT]) -> BodyT:
         ) from None
 
 
+def path_name(request: Request) -> str:
+    """The model name in the path, validated as the OpenAPI schema declares it."""
+    name = request.path_params["name"]
+    if len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(name):
+        raise RequestValidationError([{
+            "type": "string_pattern_mismatch", "loc": ("path", "name"), "input": name,
+            "msg": f"must match {NAME_PATTERN.pattern} and be at most {MAX_NAME_LENGTH} "
+                   "characters"}])
+    return name
+
+
 def encode(labels: list[str] | None, outputs: Sequence[np.ndarray]) -> list[dict]:
     """Output rows as `/predict` answers them: {label, score, scores} or {value}.
     Plain Python per row: numpy's per-call overhead dominates for a few numbers."""
@@ -133,10 +144,4 @@ async def predict(request: Request):
              summary="Predict with the model in the path",
              openapi_extra=_openapi(ModelPredictRequest, path_name=True))
 async def predict_model(request: Request):
-    name = request.path_params["name"]
-    if len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(name):
-        raise RequestValidationError([{
-            "type": "string_pattern_mismatch", "loc": ("path", "name"), "input": name,
-            "msg": f"must match {NAME_PATTERN.pattern} and be at most {MAX_NAME_LENGTH} "
-                   "characters"}])
-    return await _serve(request, ModelPredictRequest, name)
+    return await _serve(request, ModelPredictRequest, path_name(request))
