@@ -342,7 +342,7 @@ class BatchQueue:
         """A background batch starts when the model has no prediction queued or running, and
         no other background batch runs. Predictions at 16 clients, text x1 on 2 cores
         (`python -m bench explain`): background batches started beside running predictions
-        (niced) raised predict p99 by 1.28-1.32x; started only while none runs, 0.91-1.07x;
+        (niced) raised predict p99 by 1.28-1.32x; started only while none runs, 0.91-1.00x;
         the same with up to `instances` background batches at once, 1.05-1.34x (though an
         idle model's explanations took half the time)."""
         return (bool(self._low) and not self._queue and not self._low_running
