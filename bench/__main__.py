@@ -68,9 +68,11 @@ def closed(svc: Service, wl, conc: int, seconds: float) -> dict:
     r.update(workload=wl.name, model=wl.model, concurrency=conc,
              inputs_per_s=r["ok_rps"] * wl.inputs_per_request,
              mean_batch=batch_stats(svc, wl.model, marks))
+    cpu = (f"  server CPU {r['server_cpu_s'] * 1000 / max(r['requests'], 1):.2f} ms/request"
+           if r.get("server_cpu_s") is not None else "")
     print(f"  {wl.name:12s} c={conc:<4d} {r['inputs_per_s']:9.1f} inputs/s  "
           f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  "
-          f"batch {r['mean_batch'] or 0:.1f}", flush=True)
+          f"batch {r['mean_batch'] or 0:.1f}{cpu}", flush=True)
     return r
 
 
@@ -258,9 +260,9 @@ def probe(a: argparse.Namespace) -> int:
           "text16": lambda: text_workload("sentiment", 16),
           "tab1": lambda: rows_workload("breast-cancer", 1),
           "tab64": lambda: rows_workload("breast-cancer", 64)}[a.workload]()
-    svc = Service(Path(a.models), env=env, workers=a.workers)
+    svc = Service(Path(a.models), env=env, workers=a.workers, server=a.server)
     try:
-        print(f"{a.workload} workers={a.workers} env={env}")
+        print(f"{a.workload} server={a.server} workers={a.workers} env={env}")
         for c in a.concurrency:
             if not a.pairs:
                 closed(svc, wl, c, a.seconds)
@@ -392,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--seconds", type=float, default=8.0)
     pr.add_argument("--workers", type=int, help="default: the server's default")
     pr.add_argument("--env", nargs="*", default=[], help="ORTSERVE_X=value settings")
+    pr.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
+                    help="the HTTP server running the app (granian: `pip install granian`; "
+                         "one worker, the app from ORTSERVE_* settings)")
     pr.add_argument("--pairs", type=int, default=0,
                     help="N back-to-back pairs per level against a reference measured in the "
                          "same minute: GET /health/live for tabular workloads, the in-process "

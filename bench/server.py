@@ -65,7 +65,7 @@ class Service:
 
     def __init__(self, models: Path, env: dict[str, str] | None = None,
                  workers: int | None = None, url: str | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, server: str = "uvicorn") -> None:
         self.external = url is not None
         self.proc = None
         if url:
@@ -77,10 +77,15 @@ class Service:
         if workers is not None and workers != 1:
             full_env["PROMETHEUS_MULTIPROC_DIR"] = f"/tmp/ortserve-bench-prom-{port}"
         extra = [] if workers is None else ["--workers", str(workers)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--models", str(models), "--port",
-             str(port), *extra],
-            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        command = [sys.executable, "-m", "app.cli", "serve", "--models", str(models), "--port",
+                   str(port), *extra]
+        if server == "granian":  # the same app under another HTTP server (bench probe)
+            full_env["ORTSERVE_MODELS_DIR"] = str(models)
+            command = [sys.executable, "-m", "granian", "--interface", "asgi", "--host",
+                       "127.0.0.1", "--port", str(port), "--workers", str(workers or 1),
+                       "--log-level", "warning", "app.main:app"]
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=full_env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
