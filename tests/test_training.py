@@ -149,6 +149,13 @@ def test_tabular_csv_end_to_end_and_versions_never_overwritten(tmp_path):
     assert [f.name for f in m.inputs.features] == ["a", "b", "c"]
     assert m.test_metrics["accuracy"] > 0.85 and "roc_auc" in m.test_metrics
     assert m.provenance["parity_max_abs_diff"] <= 1e-4
+    # explanations' background: 10 training rows and the training ranges, verified
+    assert m.background_file == "background.json" and "background.json" in m.artifacts
+    bg = json.loads((out / "mine" / "1" / "background.json").read_text())
+    assert bg["features"] == ["a", "b", "c"] and len(bg["rows"]) == 10
+    assert all(lo <= r[j] <= hi for r in bg["rows"]
+               for j, (lo, hi) in enumerate(zip(bg["ranges"]["min"], bg["ranges"]["max"],
+                                                strict=True)))
     # same seed, same data -> same metrics
     assert _manifest(out / "mine" / "2").test_metrics == m.test_metrics
     session = ort_session(out / "mine" / "1" / "model.onnx")
