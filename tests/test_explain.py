@@ -317,6 +317,26 @@ async def test_concurrent_explanations_beyond_the_limit_get_503_at_once(make_cli
     assert "ortserve_explain_in_progress 0.0" in metrics
 
 
+async def test_a_cancelled_explanation_leaves_no_work_behind(make_client, tmp_path):
+    root = tmp_path / "slow"
+    add_rows(root, "slow", lambda f: build_slow_rows_model(f / "model.onnx", len(FEATURES)),
+             True)
+    client = await make_client(root, warmup=False, device="cpu")
+    # 8 rows x 16 coalitions = 128 blocks: 8 background batches of 16
+    task = asyncio.create_task(client.post("/models/slow/explain",
+                                           json={"inputs": [[1, 2, 3, 4]] * 8}))
+    queue = client.app.state.ortserve.dataplane.model("slow").queue
+    for _ in range(5000):
+        if queue.low_running:
+            break
+        await asyncio.sleep(0.001)
+    assert queue.low_running, "the explanation never started"
+    task.cancel()  # cancels the job's future it awaits: the queue drops what has not run
+    await asyncio.wait_for(queue.drain(), 60)
+    assert queue.low_queued == 0
+    assert queue.batches_run <= 2  # the batch running at the cancel, not the other 7
+
+
 async def test_models_detail_says_whether_a_model_can_be_explained(make_client, root):
     client = await make_client(root)
     linear = (await client.get("/models/linear")).json()

@@ -213,6 +213,10 @@ class BatchQueue:
     def low_queued(self) -> int:
         return len(self._low)
 
+    @property
+    def low_running(self) -> int:
+        return self._low_running
+
     def admit(self, cost: float, deadline: float) -> float | None:
         """Raise QueueFull (Retry-After: the expected wait) when a job of `cost` queued now
         is not expected to finish before `deadline`; else return the model's own estimate
