@@ -97,15 +97,16 @@ PEERS = [
 ]
 
 
-def ensure_venv(peer: Peer) -> Path:
-    """`.peers/<name>` with the peer's pinned packages, made once."""
-    venv = VENVS / peer.name.lower().replace(" ", "")
+def ensure_venv(name: str, packages: list[str]) -> Path:
+    """`.peers/<name>` with exactly these pinned packages, made once (remade when the list
+    changes)."""
+    venv = VENVS / name
     marker = venv / "installed.json"
-    want = sorted(peer.packages + [ORT, "tokenizers", "numpy"])
+    want = sorted(packages)
     if marker.exists() and json.loads(marker.read_text()) == want:
         return venv
     print(f"  installing {', '.join(want)} into {venv.relative_to(ROOT)}", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     pip = subprocess.run([str(venv / "bin/pip"), "install", "-q", *want],
                          capture_output=True, text=True)
     if pip.returncode:
@@ -219,7 +220,8 @@ def run_peers(models: Path, seconds: float, only: list[str] | None, out: Path) -
             continue
         print(peer.name, flush=True)
         try:
-            venv = ensure_venv(peer)
+            venv = ensure_venv(peer.name.lower().replace(" ", ""),
+                               peer.packages + [ORT, "tokenizers", "numpy"])
             proc = PeerProcess(peer, venv, folder)
         except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
             failed.append((peer.name, f"{type(exc).__name__}: {exc}"[:400]))

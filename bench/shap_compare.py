@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from bench.peers import VENVS
+from bench.peers import ensure_venv
 from bench.sections import replace_section
 from bench.server import ROOT, Service
 
@@ -28,21 +27,6 @@ BASE = ["onnxruntime==1.32.0", "numpy", "tokenizers"]
 
 def _du(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-
-
-def _venv(name: str, packages: list[str]) -> Path:
-    venv = VENVS / name
-    marker = venv / "installed.json"
-    if marker.exists() and json.loads(marker.read_text()) == packages:
-        return venv
-    print(f"  installing {', '.join(packages)} into {venv.relative_to(ROOT)}", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    pip = subprocess.run([str(venv / "bin/pip"), "install", "-q", *packages],
-                         capture_output=True, text=True)
-    if pip.returncode:
-        raise RuntimeError(pip.stderr[-400:])
-    marker.write_text(json.dumps(packages))
-    return venv
 
 
 def _site(venv: Path) -> Path:
@@ -58,8 +42,8 @@ def _packages(venv: Path) -> set[str]:
 def run_shap(models: Path, out: Path) -> int:
     from bench.__main__ import cpu_model, latest
 
-    base = _venv("shap-base", BASE)
-    with_shap = _venv("shap", BASE + [SHAP])
+    base = ensure_venv("shap-base", BASE)
+    with_shap = ensure_venv("shap", BASE + [SHAP])
     added = sorted(_packages(with_shap) - _packages(base))
     size = _du(_site(with_shap)) - _du(_site(base))
     folder = latest(models, "diabetes")

@@ -66,15 +66,20 @@ def test_the_page_is_served_without_a_key_and_the_api_still_asks_for_one(service
     assert httpx.get(f"{service.url}/models").status_code == 401
 
 
-def test_type_a_text_click_and_read_the_label_and_the_shaded_words(service, page):
-    page.goto(f"{service.url}/ui/")
+def open_model(page, url: str, model: str, kind: str) -> None:
+    """Load the page, give it the API key, pick `model` and wait for its card."""
+    page.goto(f"{url}/ui/")
     page.fill("#api-key", "secret-key")
     page.dispatch_event("#api-key", "change")
-    page.wait_for_selector("#model option[value=sentiment]", state="attached")
-    page.select_option("#model", "sentiment")
-    page.wait_for_selector("#text-form:not([hidden])")
+    page.wait_for_selector(f"#model option[value={model}]", state="attached")
+    page.select_option("#model", model)
     page.wait_for_function("document.querySelector('#card-facts').textContent"
-                           ".includes('text-classification')")
+                           f".includes('{kind}')")
+
+
+def test_type_a_text_click_and_read_the_label_and_the_shaded_words(service, page):
+    open_model(page, service.url, "sentiment", "text-classification")
+    page.wait_for_selector("#text-form:not([hidden])")
     text = "i love this phone but the day was awful"
     page.fill("#text", text)
     page.click("#explain")
@@ -103,14 +108,8 @@ def test_type_a_text_click_and_read_the_label_and_the_shaded_words(service, page
 
 
 def test_fill_a_row_and_read_the_feature_bars(service, page):
-    page.goto(f"{service.url}/ui/")
-    page.fill("#api-key", "secret-key")
-    page.dispatch_event("#api-key", "change")
-    page.wait_for_selector("#model option[value=rows]", state="attached")
-    page.select_option("#model", "rows")
+    open_model(page, service.url, "rows", "tabular-classification")
     page.wait_for_selector("#row-form:not([hidden]) input[name=f0]")
-    page.wait_for_function("document.querySelector('#card-facts').textContent"
-                           ".includes('tabular-classification')")
     # the form's bounds come from the background's training ranges
     assert page.get_attribute("input[name=f0]", "min") == "-1"
     for name, value in zip(FEATURES, ["1.5", "-2", "0.25", "3"], strict=True):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,16 @@ def write_background(path: Path, features: list[str], rows: np.ndarray, source: 
     path.write_text(json.dumps(doc) + "\n")
 
 
-def read_background(data: bytes, features: list[str]) -> tuple[np.ndarray, str]:
-    """The rows as float32 (k, features) in manifest order, and where they came from."""
+@dataclass(frozen=True)
+class Background:
+    rows: np.ndarray  # float32 (k, features), manifest order
+    source: str  # where the rows came from
+    # per feature: name, min, max (of the training split when the file has them, else of
+    # its rows) and a typical value (the rows' median), for forms that fill a row
+    ranges: list[dict]
+
+
+def read_background(data: bytes, features: list[str]) -> Background:
     try:
         doc = json.loads(data)
         names, rows = doc["features"], doc["rows"]
@@ -59,20 +68,14 @@ def read_background(data: bytes, features: list[str]) -> tuple[np.ndarray, str]:
                    for r in rows for v in r)):
         raise BadBackground(f"background: needs 1 to {MAX_ROWS} rows of {len(features)} "
                             "finite numbers")
-    return np.asarray(rows, dtype=np.float32), str(doc.get("source", ""))
-
-
-def feature_ranges(data: bytes, features: list[str]) -> list[dict]:
-    """Per feature: name, min, max (of the training split when the file has them, else of
-    its rows) and a typical value (the rows' median), for forms that fill a row."""
-    doc = json.loads(data)
-    rows = np.asarray(doc["rows"], dtype=np.float64)
-    ranges = doc.get("ranges") or {}
-    lo = ranges.get("min") or rows.min(axis=0).tolist()
-    hi = ranges.get("max") or rows.max(axis=0).tolist()
-    mid = np.median(rows, axis=0).tolist()
-    return [{"name": f, "min": lo[j], "max": hi[j], "typical": mid[j]}
-            for j, f in enumerate(features)]
+    table = np.asarray(rows, dtype=np.float64)
+    given = doc.get("ranges") or {}
+    lo = given.get("min") or table.min(axis=0).tolist()
+    hi = given.get("max") or table.max(axis=0).tolist()
+    mid = np.median(table, axis=0).tolist()
+    ranges = [{"name": f, "min": lo[j], "max": hi[j], "typical": mid[j]}
+              for j, f in enumerate(features)]
+    return Background(table.astype(np.float32), str(doc.get("source", "")), ranges)
 
 
 def sample_rows(X: np.ndarray, seed: int, k: int = DEFAULT_ROWS) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from app.errors import InvalidInput
 from app.explain import shapley
-from app.explain.background import BadBackground, feature_ranges, read_background
+from app.explain.background import BadBackground, read_background
 from app.explain.players import RowPlayers, TextPlayers
 from app.manifest import Manifest
 
@@ -66,15 +66,13 @@ class Explainer:
     @classmethod
     def for_model(cls, manifest: Manifest, pipeline, limits: ExplainLimits,
                   verified: dict[str, bytes] | None) -> Explainer:
-        background, source, ranges = None, "", None
-        if manifest.background_file:
-            data = (verified or {}).get(manifest.background_file)
-            if data is None:
-                raise BadBackground(f"{manifest.background_file} was not verified")
-            names = [f.name for f in manifest.inputs.features or []]
-            background, source = read_background(data, names)
-            ranges = feature_ranges(data, names)
-        return cls(manifest, pipeline, limits, background, source, ranges)
+        if not manifest.background_file:
+            return cls(manifest, pipeline, limits, None)
+        data = (verified or {}).get(manifest.background_file)
+        if data is None:
+            raise BadBackground(f"{manifest.background_file} was not verified")
+        bg = read_background(data, [f.name for f in manifest.inputs.features or []])
+        return cls(manifest, pipeline, limits, bg.rows, bg.source, bg.ranges)
 
     # -- one request -------------------------------------------------------------------
     def check(self, inputs: Sequence[Any], options: ExplainOptions) -> int:
@@ -117,7 +115,7 @@ class Explainer:
     def players(self, raw: Any, payload: Any) -> TextPlayers | RowPlayers:
         """`raw` as the user sent it, `payload` as the pipeline validated it."""
         if self.text:
-            return TextPlayers(self.pipeline.tokenizer, payload_text(raw, self.pipeline),
+            return TextPlayers(self.pipeline.tokenizer, self.pipeline.checked_text(0, raw),
                                self.mask_id)
         return RowPlayers(payload, self.background, self.features)
 
@@ -141,10 +139,7 @@ class Explainer:
         result = plan.attribute(players.values(outputs, column))
         labels = self.manifest.labels
         out: dict[str, Any] = {
-            "prediction": (
-                {"label": labels[int(np.argmax(full))], "score": float(full.max()),
-                 "scores": dict(zip(labels, map(float, full), strict=True))}
-                if labels else {"value": float(full[0])}),
+            "prediction": full,  # the output row; each API encodes it as its predict does
             "explained": labels[column] if labels else "value",
             "value": result.full, "base_value": result.base,
             "method": result.method,
@@ -165,8 +160,3 @@ class Explainer:
                 for i, (f, x, v) in enumerate(zip(self.features, players.x, result.values,
                                                   strict=True))]
         return out
-
-
-def payload_text(raw: Any, pipeline) -> str:
-    """The text as the model sees it (cut at max_text_chars when the server truncates)."""
-    return raw[:pipeline.max_text_chars]

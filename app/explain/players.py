@@ -97,8 +97,3 @@ class RowPlayers:
         """The mean over each coalition's block of rows."""
         per = outputs[..., column].astype(np.float64).reshape(-1, self.per_coalition)
         return per.mean(axis=1)
-
-
-def word_offsets(text: str) -> list[Word]:
-    """Every word of a text (for tests and clients that want the same split)."""
-    return [Word(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]

@@ -57,24 +57,27 @@ class TextClassificationPipeline(Pipeline):
 
     def preprocess(self, inputs: Sequence[Any]) -> tuple[list[Any], list[int]]:
         self.check_count(inputs)
-        texts = []
-        for i, text in enumerate(inputs):
-            if not isinstance(text, str):
-                raise InvalidInput(f"inputs[{i}]: expected a string, got {type(text).__name__}",
-                                   {"field": f"inputs[{i}]"})
-            if not text.strip():
-                raise InvalidInput(f"inputs[{i}]: empty text", {"field": f"inputs[{i}]"})
-            if len(text) > self.max_text_chars:
-                if not self.truncate_text:
-                    raise InvalidInput(
-                        f"inputs[{i}]: text has {len(text)} characters, the limit is "
-                        f"{self.max_text_chars} (set ORTSERVE_TRUNCATE_TEXT=true to cut instead)",
-                        {"field": f"inputs[{i}]", "limit": self.max_text_chars})
-                text = text[:self.max_text_chars]
-            texts.append(text)
+        texts = [self.checked_text(i, text) for i, text in enumerate(inputs)]
         encodings = self._encode(texts, add_special_tokens=True)
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         return ids, [self.cost(x) for x in ids]
+
+    def checked_text(self, i: int, text: Any) -> str:
+        """`inputs[i]` as the model reads it (cut at max_text_chars when the server
+        truncates), or InvalidInput saying why it cannot be."""
+        if not isinstance(text, str):
+            raise InvalidInput(f"inputs[{i}]: expected a string, got {type(text).__name__}",
+                               {"field": f"inputs[{i}]"})
+        if not text.strip():
+            raise InvalidInput(f"inputs[{i}]: empty text", {"field": f"inputs[{i}]"})
+        if len(text) > self.max_text_chars:
+            if not self.truncate_text:
+                raise InvalidInput(
+                    f"inputs[{i}]: text has {len(text)} characters, the limit is "
+                    f"{self.max_text_chars} (set ORTSERVE_TRUNCATE_TEXT=true to cut instead)",
+                    {"field": f"inputs[{i}]", "limit": self.max_text_chars})
+            text = text[:self.max_text_chars]
+        return text
 
     def collate(self, payloads: list[Any]) -> dict[str, np.ndarray]:
         length = max(len(p) for p in payloads)

@@ -15,7 +15,15 @@ from app.api.errors import CLIENT_CLOSED_STATUS
 from app.api.http import BodyLost, client_gone
 from app.api.lean import LeanRoute
 from app.api.schemas import ExplainRequest, ExplainResponse, ModelExplainRequest
-from app.api.v1.predict import ERRORS, _openapi, _parse, _timeout, path_name
+from app.api.v1.predict import (
+    ERRORS,
+    _openapi,
+    _parse,
+    encode,
+    log_model,
+    path_name,
+    request_deadline,
+)
 from app.explain.explainer import ExplainOptions
 from app.responses import JSONResponse
 from app.state import AppState
@@ -31,18 +39,16 @@ async def _serve(request: Request, body_type, name: str | None = None,
     except BodyLost:
         return Response(status_code=CLIENT_CLOSED_STATUS)
     state: AppState = request.app.state.ortserve
-    timeout = _timeout(request)
-    deadline = state.settings.request_timeout_s
-    if timeout is not None:
-        deadline = min(deadline, timeout)
+    deadline = request_deadline(request, state)
     name = name or getattr(body, "model", None)
     version = version or body.version
-    log_fields = request.scope.setdefault("state", {})
-    log_fields["model"], log_fields["version"] = name, version
+    log_fields = log_model(request, name, version)
     options = ExplainOptions(body.target, body.max_evaluations, body.seed, body.method)
     model, explanations = await state.dataplane.explain(
         name, version, body.inputs, options, deadline, lambda: client_gone(request))
     log_fields["model"], log_fields["version"] = model.name, model.version
+    for e in explanations:
+        e["prediction"] = encode(model.labels, [e["prediction"]])[0]
     return JSONResponse({"model": model.name, "version": model.version,
                          "explanations": explanations,
                          "timing": {"total_ms": round((time.perf_counter() - t0) * 1000, 3)}})

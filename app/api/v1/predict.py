@@ -75,6 +75,21 @@ async def _parse(request: Request, body: type[BodyT]) -> BodyT:
         ) from None
 
 
+def request_deadline(request: Request, state: AppState) -> float:
+    """Seconds this request may take: the server's setting, lowered by the timeout header."""
+    timeout = _timeout(request)
+    deadline = state.settings.request_timeout_s
+    return deadline if timeout is None else min(deadline, timeout)
+
+
+def log_model(request: Request, name: str | None, version: int | None) -> dict:
+    """Names the model on the access log line (RequestContextMiddleware reads the scope's
+    state); returns those fields, for the answering version to overwrite."""
+    fields = request.scope.setdefault("state", {})
+    fields["model"], fields["version"] = name, version
+    return fields
+
+
 def path_name(request: Request) -> str:
     """The model name in the path, validated as the OpenAPI schema declares it."""
     name = request.path_params["name"]
@@ -104,13 +119,8 @@ async def _predict(request: Request, name: str | None, version: int | None,
                    inputs: list) -> JSONResponse:
     t0 = time.perf_counter()
     state: AppState = request.app.state.ortserve
-    timeout = _timeout(request)
-    # for the access log line (RequestContextMiddleware reads the scope's state)
-    log_fields = request.scope.setdefault("state", {})
-    log_fields["model"], log_fields["version"] = name, version
-    deadline = state.settings.request_timeout_s
-    if timeout is not None:
-        deadline = min(deadline, timeout)
+    deadline = request_deadline(request, state)
+    log_fields = log_model(request, name, version)
     result = await state.dataplane.infer(name, version, inputs, deadline,
                                          lambda: client_gone(request))
     log_fields["model"], log_fields["version"] = result.model, result.version
