@@ -202,6 +202,13 @@ async def test_text_attributions_are_complete_per_word_with_offsets(make_client,
     assert math.isclose(e["value"], p["predictions"][0]["score"], abs_tol=1e-5)
     # (c) symmetry: the same word twice, in a model that averages over positions
     assert math.isclose(*values(twin), abs_tol=1e-6)
+    # the baseline is every word masked: this tokenizer has no [MASK], so [UNK], which
+    # is also what two words it does not know become
+    unknown = (await client.post("/models/sentiment/predict",
+                                 json={"inputs": ["qzx vbn"]})).json()["predictions"][0]
+    assert math.isclose(twin["base_value"], unknown["scores"][twin["explained"]],
+                        abs_tol=1e-6)
+    assert "[UNK]" in twin["baseline"]
 
 
 async def test_sampled_text_explanation_is_complete_and_within_its_error(make_client, root):
