@@ -26,7 +26,7 @@ ENV = {"ORTSERVE_MODELS": "sentiment"}
 
 
 def run_admission(models: Path, seconds: float, out: Path) -> int:
-    from bench.__main__ import cpu_model
+    from bench.host import cpu_model
 
     svc = Service(models, env=ENV)
     try:

@@ -77,7 +77,7 @@ def _sequential(url: str, texts: list[str], runs: int) -> dict:
 
 
 def run_alone(models: Path, seconds: float, rounds: int, out: Path) -> int:
-    from bench.__main__ import cpu_model, latest
+    from bench.host import cpu_model, latest
 
     cores = os.cpu_count() or 1
     folder = latest(models, "sentiment")

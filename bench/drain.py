@@ -23,7 +23,7 @@ from bench.sections import replace_section
 from bench.server import Service
 
 
-def _hammer(url: str, body: bytes, keepalive: bool, stop: threading.Event,
+def hammer(url: str, body: bytes, keepalive: bool, stop: threading.Event,
             counts: Counter, lock: threading.Lock) -> None:
     headers = {"content-type": "application/json"}
     client = httpx.Client(timeout=60) if keepalive else None
@@ -55,7 +55,7 @@ def run_once(models: Path, clients: int, keepalive: bool, before_s: float) -> di
     body = json.dumps({"inputs": ["the service was quick and friendly"]}).encode()
     counts: Counter = Counter()
     lock, stop = threading.Lock(), threading.Event()
-    threads = [threading.Thread(target=_hammer, args=(svc.url, body, keepalive, stop,
+    threads = [threading.Thread(target=hammer, args=(svc.url, body, keepalive, stop,
                                                       counts, lock)) for _ in range(clients)]
     for t in threads:
         t.start()
@@ -72,7 +72,7 @@ def run_once(models: Path, clients: int, keepalive: bool, before_s: float) -> di
 
 
 def run_drain(models: Path, clients: int, before_s: float, runs: int, out: Path) -> int:
-    from bench.__main__ import cpu_model
+    from bench.host import cpu_model
 
     rows = []
     for _ in range(runs):

@@ -32,7 +32,7 @@ TARGET = 1.25
 
 
 def _costs(url: str, models: Path) -> list[dict]:
-    from bench.__main__ import latest
+    from bench.host import latest
 
     rng = random.Random(0)
     texts = heldout_texts()
@@ -92,7 +92,7 @@ def _explain_load(url: str, clients: int, stop: threading.Event, done: list) -> 
 
 def run_explain(models: Path, seconds: float, rounds: int, explainers: int,
                 out: Path) -> int:
-    from bench.__main__ import cpu_model
+    from bench.host import cpu_model
 
     svc = Service(models)
     try:

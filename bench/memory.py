@@ -30,7 +30,7 @@ def workloads(models: str) -> list:
 
 
 def run_memory(models: Path, seconds: float, out: Path) -> int:
-    from bench.__main__ import cpu_model
+    from bench.host import cpu_model
 
     rows = []
     for config in CONFIGS:

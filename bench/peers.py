@@ -198,7 +198,7 @@ def _row(server: str, ver: str, config: str, pid: int, url: str, path: str,
 
 
 def run_peers(models: Path, seconds: float, only: list[str] | None, out: Path) -> int:
-    from bench.__main__ import cpu_model, latest
+    from bench.host import cpu_model, latest
 
     folder = latest(models, "sentiment")
     texts = heldout_texts()

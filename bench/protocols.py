@@ -77,7 +77,7 @@ def grpc_closed_loop(target: str, requests: list[bytes], concurrency: int,
 
 
 def run_protocols(models: Path, seconds: float, out: Path) -> int:
-    from bench.__main__ import cpu_model
+    from bench.host import cpu_model
 
     grpc_port = free_port()
     svc = Service(models, env={"ORTSERVE_MODELS": "sentiment",

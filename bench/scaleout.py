@@ -30,7 +30,7 @@ import yaml
 
 from bench import load
 from bench.cluster import ROOT, Haproxy, Prometheus, free_port, wait_until
-from bench.drain import _hammer
+from bench.drain import hammer
 from bench.sections import replace_section
 from bench.server import Service, cpu_seconds
 from bench.workloads import text_workload
@@ -130,7 +130,7 @@ class Clients:
         self.lock, self.stop = threading.Lock(), threading.Event()
         body = json.dumps({"model": "sentiment",
                            "inputs": ["quick and friendly"] * texts}).encode()
-        self.threads = [threading.Thread(target=_hammer, daemon=True,
+        self.threads = [threading.Thread(target=hammer, daemon=True,
                                          args=(url, body, True, self.stop, self.counts,
                                                self.lock)) for _ in range(n)]
         for t in self.threads:
@@ -201,7 +201,7 @@ def restarts_and_signal(models: Path, clients: int, window_s: float) -> dict:
 
 
 def run_scaleout(models: Path, seconds: float, clients: int, out: Path) -> int:
-    from bench.__main__ import cpu_model
+    from bench.host import cpu_model
 
     sig = signals(models, {1: [1, 2, 4, 8, 16, 64], 16: [1, 2, 4, 8]}, seconds)
     thr = replicas_throughput(models, seconds, clients)

@@ -40,7 +40,7 @@ def _packages(venv: Path) -> set[str]:
 
 
 def run_shap(models: Path, out: Path) -> int:
-    from bench.__main__ import cpu_model, latest
+    from bench.host import cpu_model, latest
 
     base = ensure_venv("shap-base", BASE)
     with_shap = ensure_venv("shap", BASE + [SHAP])

@@ -26,7 +26,7 @@ SCORE_TOLERANCE = 1e-5
 
 def run_soak(models: Path, minutes: float, factor: float, out: Path,
              deadline_s: float = 1.0) -> int:
-    from bench.__main__ import cpu_model, latest
+    from bench.host import cpu_model, latest
 
     folder = latest(models, "sentiment")
     wl = text_workload("sentiment", 1, count=300)

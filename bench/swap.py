@@ -35,7 +35,7 @@ TOLERANCE = 1e-5
 
 def two_versions(models: Path, root: Path) -> dict[int, str]:
     """root/sentiment/1 and /2: the newest trained sentiment folder's served graph."""
-    from bench.__main__ import latest
+    from bench.host import latest
 
     source = latest(models, "sentiment")
     manifest = json.loads((source / MANIFEST_FILE).read_text())
@@ -82,7 +82,7 @@ class Verifier(threading.Thread):
 
 def run_swap(models: Path, clients: int, steady: float, seconds: float, every: float,
              out: Path) -> int:
-    from bench.__main__ import cpu_model
+    from bench.host import cpu_model
 
     root = Path(tempfile.mkdtemp(prefix="ortserve-swap-"))
     try:
