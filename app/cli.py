@@ -29,7 +29,7 @@ def _serve(a: argparse.Namespace) -> int:
     # service should.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if workers > 1:
-        from app.metrics import prepare_multiprocess_dir
+        from app.observability.metrics import prepare_multiprocess_dir
 
         prepare_multiprocess_dir()
     uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
@@ -43,7 +43,7 @@ def _serve(a: argparse.Namespace) -> int:
 
 def _check(a: argparse.Namespace) -> int:
     """Verify the repository the way the server does, without starting it."""
-    from app.repository import scan
+    from app.contract.repository import scan
 
     ok = True
     for src in scan(Path(a.models)):
@@ -57,7 +57,7 @@ def _check(a: argparse.Namespace) -> int:
 def _import(a: argparse.Namespace) -> int:
     """Check a graph and publish it as the model's next version; exit 2 when it cannot
     serve as declared (one line on stderr saying why)."""
-    from app.importer import GraphRejected, ImportRequest, import_model
+    from app.contract.importer import GraphRejected, ImportRequest, import_model
 
     split = (lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None)  # noqa: E731
     req = ImportRequest(model=Path(a.model), name=a.name, kind=a.kind,

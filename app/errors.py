@@ -1,5 +1,5 @@
 """Domain errors of the serving core. They carry a stable code, a message and details,
-never a transport status: each API maps them (`app/api/errors.py` for HTTP)."""
+never a transport status: each API maps them (`app/api/edge/errors.py`)."""
 
 from __future__ import annotations
 

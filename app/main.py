@@ -14,21 +14,22 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
 from app import __version__
-from app.api import health
-from app.api import metrics as metrics_api
-from app.api.admin import repository
-from app.api.errors import install_handlers
+from app.api.admin import health, repository
+from app.api.admin import metrics as metrics_api
+from app.api.edge.auth import AuthMiddleware
+from app.api.edge.context import RequestContextMiddleware
+from app.api.edge.drain import Drain, DrainGate
+from app.api.edge.errors import install_handlers
+from app.api.edge.responses import JSONResponse
 from app.api.v1 import explain, models, predict
 from app.api.v2 import repository as v2_repository
 from app.api.v2 import rest as v2_rest
-from app.auth import AuthMiddleware, KeyStore
-from app.lifecycle import Drain, DrainGate, install_drain_handler
-from app.logs import configure_logging
-from app.metrics import Metrics
-from app.middleware import RequestContextMiddleware
-from app.ratelimit import build_limiter
-from app.responses import JSONResponse
+from app.observability.logs import configure_logging
+from app.observability.metrics import Metrics
 from app.runtime.session import DeviceError
+from app.security.keys import KeyStore
+from app.security.ratelimit import build_limiter
+from app.server import install_drain_handler
 from app.serving.registry import ModelRegistry
 from app.settings import Settings
 
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from app.state import AppState
+        from app.api.edge.state import AppState
 
         state = AppState(settings, metrics, registry, drain)
         app.state.ortserve = state

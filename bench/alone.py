@@ -34,7 +34,7 @@ from bench.workloads import heldout_texts, text_workload
 def _in_process(folder: Path, texts: list[str], threads: int, spin: bool,
                 runs: int) -> dict:
     from app.api.v1.predict import encode
-    from app.manifest import Manifest
+    from app.contract.manifest import Manifest
     from app.pipelines import build_pipeline
     from app.runtime.session import create_session
     from app.settings import Settings

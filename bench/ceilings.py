@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from app.api.v1.predict import encode
-from app.manifest import Manifest
+from app.contract.manifest import Manifest
 from app.pipelines import build_pipeline
 from app.runtime.session import create_session
 from app.settings import Settings

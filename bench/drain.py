@@ -105,7 +105,7 @@ def run_drain(models: Path, clients: int, before_s: float, runs: int, out: Path)
                        f"{r['seconds_to_exit']} | {r['exit_code']} |")
     lines += ["", "A lost request is one whose connection the kernel had queued for the "
               "listener, or had just handed to the server, in the instant the listener "
-              "closed: the server had not read it (`app/lifecycle.py` keeps answering 503 "
+              "closed: the server had not read it (`app/api/edge/drain.py` keeps answering 503 "
               "with `Connection: close` until accepted work is done, and lets accepted "
               "connections deliver their request for a moment after the listener closes). "
               "Clients behind a load balancer that honours `/health/ready` stop sending "

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from app.manifest import MANIFEST_FILE
+from app.contract.manifest import MANIFEST_FILE
 from bench import ceilings, load
 from bench.sections import replace_section
 from bench.server import Service

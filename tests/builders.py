@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from app.manifest import MANIFEST_FILE, describe_artifact
+from app.contract.manifest import MANIFEST_FILE, describe_artifact
 
 WORDS = ["good", "great", "love", "happy", "bad", "awful", "hate", "sad", "the", "a", "is",
          "movie", "phone", "day", "ok", "fine", "it", "was", "this", "i"]

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from app.metrics import APIS, OUTCOMES
+from app.observability.metrics import APIS, OUTCOMES
 from tests.builders import FEATURES, TEXT_LABELS
 from tests.servers import metric_value
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from app.explain.background import write_background
+from app.contract.background import write_background
 from app.explain.shapley import exact_plan, permutation_plan, shapley
 from tests.builders import (
     FEATURES,
@@ -357,7 +357,7 @@ async def test_models_detail_says_whether_a_model_can_be_explained(make_client, 
 # -- where the background comes from ---------------------------------------------------------
 def test_import_takes_a_background_csv(tmp_path):
     from app.cli import main as cli_main
-    from app.manifest import Manifest
+    from app.contract.manifest import Manifest
     from tests.builders import build_rows_model
 
     graph = tmp_path / "m.onnx"

@@ -11,7 +11,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from app.metrics import Metrics
+from app.observability.metrics import Metrics
 from app.settings import Settings
 from bench.scaleout import autoscaling_query
 from scripts import k8s_validate as kv

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.contract.manifest import MANIFEST_FILE, Manifest
 from app.errors import InvalidInput
-from app.manifest import MANIFEST_FILE, Manifest
 from app.pipelines import build_pipeline
 from app.pipelines.tabular import F32_MAX
 from tests.builders import FEATURES, add_rows_model

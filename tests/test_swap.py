@@ -88,7 +88,7 @@ def test_swapping_versions_through_polling_fails_no_request(tmp_path):
         v1 = httpx.post(f"{svc.url}/predict", json={"model": "tabular", "inputs": ROWS},
                         timeout=30).json()["predictions"]
         # version 2's answers, computed in-process from the same graph
-        from app.manifest import Manifest
+        from app.contract.manifest import Manifest
         from app.pipelines import build_pipeline
         from app.runtime.session import create_session
 

@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from app.manifest import MANIFEST_FILE, Manifest, sha256_file  # noqa: E402
+from app.contract.manifest import MANIFEST_FILE, Manifest, sha256_file  # noqa: E402
 from training import data  # noqa: E402
 from training.__main__ import main as train_main  # noqa: E402
 from training.export import ExportError, check_parity, export_onnx, ort_session  # noqa: E402

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.explain.background import write_background
+from app.contract.background import write_background
 from tests.builders import FEATURES, add_text_model, build_rows_model, write_manifest
 from tests.servers import ROOT, ServiceProcess
 from tests.test_deploy import tool

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.manifest import Manifest, eligible_variants
+from app.contract.manifest import Manifest, eligible_variants
 from app.serving.loader import choose_variant
 from tests.builders import add_variants_model
 from tests.servers import metric_value

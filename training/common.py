@@ -54,7 +54,7 @@ def publish_rows_model(output: Path, name: str, kind: str, module: torch.nn.Modu
     `evaluate_outputs(model_outputs)` returns the test metrics; `export` is the exporter
     (parity-checked by default).
     """
-    from app.explain.background import BACKGROUND_FILE, DEFAULT_ROWS, sample_rows, write_background
+    from app.contract.background import BACKGROUND_FILE, DEFAULT_ROWS, sample_rows, write_background
     from training.export import run_onnx
     from training.repository import new_version, provenance
 

@@ -1,9 +1,9 @@
-"""Writes a trained model into the versioned repository (`app/publish.py` does the
+"""Writes a trained model into the versioned repository (`app/contract/publish.py` does the
 publishing), with the provenance the trainer records."""
 
 from __future__ import annotations
 
-from app.publish import VersionWriter, existing_versions, new_version
+from app.contract.publish import VersionWriter, existing_versions, new_version
 
 __all__ = ["VersionWriter", "existing_versions", "new_version", "package_versions",
            "provenance"]

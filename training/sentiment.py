@@ -20,14 +20,14 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm.auto import tqdm
 
-from app.manifest import VARIANT_MAX_ACCURACY_DROP, VARIANT_MAX_BATCH_DRIFT
+from app.contract.manifest import VARIANT_MAX_ACCURACY_DROP, VARIANT_MAX_BATCH_DRIFT
 from training import data, evaluate
 from training.common import TaskResult, seed_everything
 from training.export import check_parity, export_onnx, quantize_int8, run_onnx
 from training.repository import new_version, provenance
 
 DEFAULT_NAME = "sentiment"
-# The rule a variant must pass to serve (app/manifest.py, shared with the server's
+# The rule a variant must pass to serve (app/contract/manifest.py, shared with the server's
 # ORTSERVE_MODEL_VARIANT=auto). The static (calibrated) int8 graph written here passes the
 # batch-invariance half; dynamic int8 quantisation would not.
 INT8_MAX_ACCURACY_DROP = VARIANT_MAX_ACCURACY_DROP

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.manifest import NAME_PATTERN
+from app.contract.manifest import NAME_PATTERN
 
 TEXT_EXAMPLE = {"model": "sentiment", "inputs": ["I love this phone", "worst service ever"]}
 ROWS_EXAMPLE = {"model": "diabetes",

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from app.contract.background import BadBackground, read_background
+from app.contract.manifest import Manifest
 from app.errors import InvalidInput
 from app.explain import shapley
-from app.explain.background import BadBackground, read_background
 from app.explain.players import RowPlayers, TextPlayers
-from app.manifest import Manifest
 
 
 class NotExplainable(InvalidInput):

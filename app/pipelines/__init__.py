@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.manifest import Manifest
+from app.contract.manifest import Manifest
 from app.pipelines.base import Pipeline
 from app.pipelines.tabular import TabularClassificationPipeline, TabularRegressionPipeline
 from app.pipelines.text import TextClassificationPipeline

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from app.contract.manifest import Manifest
 from app.errors import InvalidInput
-from app.manifest import Manifest
 from app.pipelines.base import Pipeline
 
 F32_MAX = float(np.finfo(np.float32).max)

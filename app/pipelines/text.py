@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from app.contract.manifest import Manifest
 from app.errors import InvalidInput
-from app.manifest import Manifest
 from app.pipelines.base import Pipeline
 
 # One model run costs about as much as this many extra padded tokens (MiniLM on CPU:

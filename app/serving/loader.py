@@ -7,11 +7,11 @@ import asyncio
 import logging
 import time
 
-from app.explain.background import BadBackground
+from app.contract.background import BadBackground
+from app.contract.repository import ModelSource
 from app.explain.explainer import Explainer, ExplainLimits
-from app.metrics import ExplainObserver, Metrics, ModelObserver, RequestObserver
+from app.observability.metrics import ExplainObserver, Metrics, ModelObserver, RequestObserver
 from app.pipelines import build_pipeline
-from app.repository import ModelSource
 from app.runtime.batcher import BatchLimits, BatchQueue
 from app.runtime.memory import release_freed_memory, rss_mb
 from app.runtime.session import CPU, DeviceError, create_session

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from app.contract.manifest import Manifest
+from app.contract.repository import ModelSource
 from app.errors import (
     CLIENT_ERRORS,
     ClientCancelled,
@@ -26,10 +28,8 @@ from app.errors import (
     ServingError,
 )
 from app.explain.explainer import Explainer, ExplainOptions, NotExplainable
-from app.manifest import Manifest
-from app.metrics import ExplainObserver, RequestObserver
+from app.observability.metrics import ExplainObserver, RequestObserver
 from app.pipelines import Pipeline
-from app.repository import ModelSource
 from app.runtime.batcher import BatchLimits, BatchQueue, Job
 from app.runtime.session import ModelSession
 

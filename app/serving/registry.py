@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.contract.repository import ModelSource, fingerprint, model_names, verify, version_folders
 from app.errors import ChangeRefused, ModelNotFound, ModelNotReady
-from app.metrics import Metrics
-from app.repository import ModelSource, fingerprint, model_names, verify, version_folders
+from app.observability.metrics import Metrics
 from app.runtime.memory import release_freed_memory
 from app.runtime.session import DeviceError
 from app.serving import loader

@@ -12,11 +12,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request
 
-from app.api.errors import error_response
+from app.api.edge.errors import error_response
+from app.api.edge.state import AppState, get_state
 from app.api.schemas import ErrorResponse, LoadRequest, ModelSummary, RepositoryIndex
 from app.api.v1.models import ModelName
 from app.errors import ServingError
-from app.state import AppState, get_state
 
 router = APIRouter(prefix="/repository", tags=["repository"])
 

@@ -11,9 +11,11 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
-from app.api.errors import CLIENT_CLOSED_STATUS
-from app.api.http import BodyLost, client_gone
-from app.api.lean import LeanRoute
+from app.api.edge.errors import CLIENT_CLOSED_STATUS
+from app.api.edge.http import BodyLost, client_gone
+from app.api.edge.responses import JSONResponse
+from app.api.edge.route import LeanRoute
+from app.api.edge.state import AppState
 from app.api.schemas import ExplainRequest, ExplainResponse, ModelExplainRequest
 from app.api.v1.predict import (
     ERRORS,
@@ -25,8 +27,6 @@ from app.api.v1.predict import (
     request_deadline,
 )
 from app.explain.explainer import ExplainOptions
-from app.responses import JSONResponse
-from app.state import AppState
 
 router = APIRouter(tags=["explain"], route_class=LeanRoute)
 

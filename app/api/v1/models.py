@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 
+from app.api.edge.state import AppState, get_state
 from app.api.schemas import ModelDetail, ModelList
 from app.api.v1.predict import ERRORS, MAX_NAME_LENGTH
-from app.manifest import NAME_PATTERN
+from app.contract.manifest import NAME_PATTERN
 from app.serving.model import LoadedModel
-from app.state import AppState, get_state
 
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN.pattern, max_length=MAX_NAME_LENGTH,
                                 description="Model name.")]

@@ -12,8 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
-from app.api.errors import CLIENT_CLOSED_STATUS
-from app.api.http import (
+from app.api.edge.errors import CLIENT_CLOSED_STATUS
+from app.api.edge.http import (
     MIN_TIMEOUT_S,
     TIMEOUT_HEADER,
     BadTimeout,
@@ -22,11 +22,11 @@ from app.api.http import (
     read_body,
     timeout_header,
 )
-from app.api.lean import LeanRoute
+from app.api.edge.responses import JSONResponse
+from app.api.edge.route import LeanRoute
+from app.api.edge.state import AppState
 from app.api.schemas import ErrorResponse, ModelPredictRequest, PredictRequest, PredictResponse
-from app.manifest import NAME_PATTERN
-from app.responses import JSONResponse
-from app.state import AppState
+from app.contract.manifest import NAME_PATTERN
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 

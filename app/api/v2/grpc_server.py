@@ -18,11 +18,12 @@ from collections.abc import Sequence
 import grpc
 
 from app import __version__
+from app.api.edge.drain import STOPPING
+from app.api.edge.state import AppState
 from app.api.v2 import tensors as tz
 from app.api.v2.grpc import grpc_predict_v2_pb2 as pb
 from app.api.v2.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from app.api.v2.rest import EXTENSIONS, model_metadata
-from app.auth import KeyStore
 from app.errors import (
     ChangeRefused,
     ClientCancelled,
@@ -34,9 +35,8 @@ from app.errors import (
     ServingError,
     mapped,
 )
-from app.lifecycle import STOPPING
-from app.ratelimit import BackendDown, Limiter
-from app.state import AppState
+from app.security.keys import KeyStore
+from app.security.ratelimit import BackendDown, Limiter
 
 log = logging.getLogger("ortserve.grpc")
 

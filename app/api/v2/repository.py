@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.admin.repository import require_admin
-from app.api.http import read_body
-from app.api.lean import LeanRoute
+from app.api.edge.http import read_body
+from app.api.edge.route import LeanRoute
 from app.api.v2 import schemas
 from app.api.v2.rest import (
     app_state,

@@ -21,9 +21,10 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from app import __version__
-from app.api.errors import STATUS, retry_after, status_of
-from app.api.http import BadTimeout, BodyLost, client_gone, header, read_body, timeout_header
-from app.api.lean import LeanRoute
+from app.api.edge.errors import STATUS, retry_after, status_of
+from app.api.edge.http import BadTimeout, BodyLost, client_gone, header, read_body, timeout_header
+from app.api.edge.route import LeanRoute
+from app.api.edge.state import AppState
 from app.api.v2 import schemas
 from app.api.v2.tensors import (
     PLATFORM,
@@ -36,9 +37,8 @@ from app.api.v2.tensors import (
     signature,
     to_inputs,
 )
+from app.contract.manifest import NAME_PATTERN
 from app.errors import InvalidInput, ModelNotFound, ServingError
-from app.manifest import NAME_PATTERN
-from app.state import AppState
 
 log = logging.getLogger("ortserve.v2")
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_class=LeanRoute)

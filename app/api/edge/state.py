@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from app.lifecycle import Drain
-from app.metrics import Metrics
+from app.api.edge.drain import Drain
+from app.observability.metrics import Metrics
 from app.serving.dataplane import DataPlane
 from app.serving.registry import ModelRegistry
 from app.settings import Settings

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.api.lean import LeanRoute
+from app.api.edge.responses import JSONResponse
+from app.api.edge.route import LeanRoute
+from app.api.edge.state import AppState
 from app.api.schemas import Liveness, Readiness
-from app.responses import JSONResponse
-from app.state import AppState
 
 router = APIRouter(prefix="/health", tags=["health"], route_class=LeanRoute)
 

@@ -1,5 +1,5 @@
 """Optional API-key auth (`Authorization: Bearer <key>`) with a per-key rate limit
-(`app/ratelimit.py`).
+(`app/security/ratelimit.py`).
 
 Keys come from settings and/or a file re-read when it changes, so keys rotate without a
 restart. Keys are compared in constant time and never logged; rate limits are keyed by a
@@ -9,49 +9,11 @@ hash of the key.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import math
-import time
-from pathlib import Path
 
-from app.api.http import send_error
-from app.ratelimit import BackendDown, Limiter
-
-
-class KeyStore:
-    def __init__(self, keys: list[str], key_file: Path | None) -> None:
-        self._static = [k.encode() for k in keys if k]
-        self._file = key_file
-        self._file_keys: list[bytes] = []
-        self._mtime: float | None = None
-        self._checked = 0.0
-
-    def _refresh(self) -> None:
-        now = time.monotonic()
-        if self._file is None or now - self._checked < 1.0:
-            return
-        self._checked = now
-        try:
-            mtime = self._file.stat().st_mtime
-        except OSError:
-            self._file_keys, self._mtime = [], None
-            return
-        if mtime != self._mtime:
-            lines = self._file.read_text().splitlines()
-            self._file_keys = [ln.strip().encode() for ln in lines
-                               if ln.strip() and not ln.startswith("#")]
-            self._mtime = mtime
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._static) or self._file is not None
-
-    def matches(self, candidate: bytes) -> bool:
-        self._refresh()
-        found = False
-        for key in (*self._static, *self._file_keys):
-            found |= hmac.compare_digest(candidate, key)  # no early exit: constant time
-        return found
+from app.api.edge.http import send_error
+from app.security.keys import KeyStore
+from app.security.ratelimit import BackendDown, Limiter
 
 
 class AuthMiddleware:

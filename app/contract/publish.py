@@ -1,5 +1,5 @@
 """Publishes a version into the repository `models/<name>/<version>/` (the writer side of
-the contract that `app/repository.py` reads): the trainer and `ortserve import` both use it.
+the contract that `app/contract/repository.py` reads): the trainer and `ortserve import` both use it.
 
 A version is assembled in a hidden temporary folder beside its final place and renamed
 into place only once every artifact and the manifest are written, so an interrupted run
@@ -16,7 +16,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.manifest import MANIFEST_FILE, NAME_PATTERN, Manifest, describe_artifact
+from app.contract.manifest import MANIFEST_FILE, NAME_PATTERN, Manifest, describe_artifact
 
 
 def existing_versions(model_dir: Path) -> list[int]:

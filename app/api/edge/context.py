@@ -6,7 +6,7 @@ import logging
 import os
 import time
 
-from app.api.http import send_error
+from app.api.edge.http import send_error
 
 access_log = logging.getLogger("ortserve.access")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.explain.background import BACKGROUND_FILE, MAX_ROWS, write_background
-from app.manifest import NAME_PATTERN, Kind
-from app.publish import new_version
+from app.contract.background import BACKGROUND_FILE, MAX_ROWS, write_background
+from app.contract.manifest import NAME_PATTERN, Kind
+from app.contract.publish import new_version
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PROBE_TEXTS = ["a first short text to check the graph", "and a second one"]

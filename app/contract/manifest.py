@@ -85,7 +85,7 @@ class Manifest(BaseModel):
     model_file: str = "model.onnx"
     tokenizer_file: str | None = None
     # feature models: rows of the training split that explanations take absent features
-    # from (app/explain/background.py); optional, explanations need it
+    # from (app/contract/background.py); optional, explanations need it
     background_file: str | None = None
     variants: dict[str, Variant] = Field(default_factory=dict)
     artifacts: dict[str, Artifact]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.state import AppState, get_state
+from app.api.edge.state import AppState, get_state
 
 router = APIRouter(tags=["metrics"])
 

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.edge.responses import JSONResponse
 from app.errors import (
     ChangeRefused,
     ClientCancelled,
@@ -27,7 +28,6 @@ from app.errors import (
     error_body,
     mapped,
 )
-from app.responses import JSONResponse
 
 log = logging.getLogger("ortserve.errors")
 

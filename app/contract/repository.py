@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.manifest import MANIFEST_FILE, NAME_PATTERN, Manifest, eligible_variants
+from app.contract.manifest import MANIFEST_FILE, NAME_PATTERN, Manifest, eligible_variants
 
 log = logging.getLogger("ortserve.repository")
 
