@@ -46,11 +46,11 @@ def _check(a: argparse.Namespace) -> int:
     from app.contract.repository import scan
 
     ok = True
-    for src in scan(Path(a.models)):
-        state = "ok" if src.error is None else f"FAILED: {src.error}"
-        ok &= src.error is None
-        print(json.dumps({"model": src.name, "version": src.version,
-                          "file": src.model_file, "status": state}))
+    for entry in scan(Path(a.models)):
+        state = "ok" if entry.error is None else f"FAILED: {entry.error}"
+        ok &= entry.error is None
+        print(json.dumps({"model": entry.name, "version": entry.version,
+                          "file": entry.model_file, "status": state}))
     return 0 if ok else 1
 
 

@@ -50,6 +50,16 @@ class ChangeRefused(ServingError):
     code = "conflict"
 
 
+class LoadFailed(ServingError):
+    """A load asked for did not happen; what serves is unchanged. `model` is the model's
+    view after the attempt, for the API to report."""
+    code = "load_failed"
+
+    def __init__(self, message: str, model: Any = None, details: Any = None) -> None:
+        super().__init__(message, details)
+        self.model = model
+
+
 class InferenceFailed(ServingError):
     code = "inference_failed"
 

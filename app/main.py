@@ -6,6 +6,7 @@ import asyncio
 import gc
 import inspect
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -14,13 +15,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
 from app import __version__
-from app.api.admin import health, repository
+from app.api.admin import docs, health, repository
 from app.api.admin import metrics as metrics_api
-from app.api.edge.auth import AuthMiddleware
+from app.api.edge.auth import Gate
 from app.api.edge.context import RequestContextMiddleware
-from app.api.edge.drain import Drain, DrainGate
-from app.api.edge.errors import install_handlers
-from app.api.edge.responses import JSONResponse
+from app.api.edge.drain import ClosingConnections, Drain
+from app.api.edge.errors import install_fallback_handlers
+from app.api.edge.state import AppState
 from app.api.v1 import explain, models, predict
 from app.api.v2 import repository as v2_repository
 from app.api.v2 import rest as v2_rest
@@ -30,6 +31,7 @@ from app.runtime.session import DeviceError
 from app.security.keys import KeyStore
 from app.security.ratelimit import build_limiter
 from app.server import install_drain_handler
+from app.serving.dataplane import DataPlane
 from app.serving.registry import ModelRegistry
 from app.settings import Settings
 
@@ -75,14 +77,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     registry = ModelRegistry(settings, metrics)
     drain = Drain()
-    keys = KeyStore(settings.api_keys, settings.api_keys_file)
-    limiter = build_limiter(settings, metrics)  # shared by HTTP and gRPC
+    gate = Gate(KeyStore(settings.api_keys, settings.api_keys_file),
+                KeyStore(settings.admin_keys), build_limiter(settings, metrics), drain)
+    state = AppState(settings, metrics, DataPlane(registry, settings.explain_max_concurrent),
+                     drain, gate, exempt_paths=frozenset(settings.auth_exempt_paths))
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        from app.api.edge.state import AppState
-
-        state = AppState(settings, metrics, registry, drain)
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ortserve = state
         try:
             await registry.start()
@@ -93,8 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.grpc_port is not None:
             from app.api.v2 import grpc_server as grpc_api  # see its docstring: only if used
 
-            grpc_server = await grpc_api.start(state, keys, limiter, settings.host,
-                                               settings.grpc_port, settings.max_body_bytes)
+            grpc_server = await grpc_api.start(state, settings.host, settings.grpc_port,
+                                               settings.max_body_bytes)
         state.started = True
         install_drain_handler(asyncio.get_running_loop(), drain, settings.drain_delay_s,
                               settings.shutdown_grace_s)
@@ -109,28 +110,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await registry.close()
 
     app = FastAPI(title="ortserve", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan, default_response_class=JSONResponse,
+                  lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None,
                   **_telemetry(settings.otel))
-    install_handlers(app)
+    install_fallback_handlers(app)
     for r in (predict.router, explain.router, models.router, health.router, metrics_api.router,
-              repository.router, v2_rest.router, v2_repository.router):
+              repository.router, v2_rest.health, v2_rest.router, v2_repository.router,
+              docs.router):
         app.include_router(r)
     if settings.ui:
         # the playground: static files that call the public API (which asks for the key)
         app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
-    # Starlette runs the last added middleware first: request context, drain gate, CORS,
-    # auth, app.
-    app.add_middleware(AuthMiddleware, keys=keys, exempt=settings.auth_exempt_paths,
-                       limiter=limiter,
-                       own_auth=("/repository/", "/v2/repository/"),
-                       public=("/ui/",) if settings.ui else ())
+    # Starlette runs the last added middleware first: the request context, closing
+    # connections while draining, CORS. Keys, limits and refusals while stopping are each
+    # route's gate (app/api/edge/route.py).
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID",
                                           "X-Request-Timeout"])
-    app.add_middleware(DrainGate, drain=drain)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ClosingConnections, drain=drain)
+    app.add_middleware(RequestContextMiddleware)
     return app
 
 

@@ -33,7 +33,7 @@ from bench.workloads import heldout_texts, text_workload
 
 def _in_process(folder: Path, texts: list[str], threads: int, spin: bool,
                 runs: int) -> dict:
-    from app.api.v1.predict import encode
+    from app.api.v1.codec import encode
     from app.contract.manifest import Manifest
     from app.pipelines import build_pipeline
     from app.runtime.session import create_session
@@ -41,7 +41,7 @@ def _in_process(folder: Path, texts: list[str], threads: int, spin: bool,
 
     manifest = Manifest.model_validate_json((folder / "model.json").read_text())
     pipeline = build_pipeline(manifest, folder, max_inputs=10_000, max_rows=10_000)
-    session = create_session(folder / manifest.model_file, Settings().device, False,
+    session = create_session(folder / manifest.model_file, device=Settings().device,
                              intra_op_threads=threads, allow_spinning=spin)
     model, whole = [], []
     for i in range(runs + 50):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.api.v1.predict import encode
+from app.api.v1.codec import encode
 from app.contract.manifest import Manifest
 from app.pipelines import build_pipeline
 from app.runtime.session import create_session
@@ -22,8 +22,8 @@ def load(folder: Path, model_file: str | None = None, threads: int = 0,
     manifest = Manifest.model_validate_json((folder / "model.json").read_text())
     pipeline = build_pipeline(manifest, folder, max_inputs=10_000, max_rows=10_000)
     # the service's device setting (ORTSERVE_DEVICE), so that a GPU run compares GPU to GPU
-    session = create_session(folder / (model_file or manifest.model_file), Settings().device,
-                             False, intra_op_threads=threads,
+    session = create_session(folder / (model_file or manifest.model_file),
+                             device=Settings().device, intra_op_threads=threads,
                              disabled_optimizers=disabled_optimizers,
                              output_name=manifest.outputs.get("name"))
 

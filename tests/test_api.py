@@ -169,7 +169,7 @@ async def test_every_outcome_series_is_exported_at_zero_from_the_start(client):
 async def test_concurrent_requests_share_model_runs(make_client):
     client = await make_client(instances=1)
     app = client.app
-    queue = app.state.ortserve.registry.get("sentiment").queue
+    queue = app.state.ortserve.dataplane.registry.get("sentiment").queue
     runs_before = queue.batches_run
     n = 40
     texts = [" ".join(np.random.default_rng(i).choice(["good", "bad", "the", "day"], 5))

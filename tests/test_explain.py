@@ -332,7 +332,7 @@ async def test_a_cancelled_explanation_leaves_no_work_behind(make_client, tmp_pa
     # 8 rows x 16 coalitions = 128 blocks: 8 background batches of 16
     task = asyncio.create_task(client.post("/models/slow/explain",
                                            json={"inputs": [[1, 2, 3, 4]] * 8}))
-    queue = client.app.state.ortserve.dataplane.model("slow").queue
+    queue = client.app.state.ortserve.dataplane.registry.get("slow").queue
     for _ in range(5000):
         if queue.low_running:
             break

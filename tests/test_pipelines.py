@@ -66,6 +66,6 @@ def test_a_run_that_shrinks_the_arena_answers_as_a_plain_run(tmp_path):
     from tests.builders import build_rows_model
 
     build_rows_model(tmp_path / "m.onnx", 4, classifier=True, hidden=64)
-    session = create_session(tmp_path / "m.onnx", "cpu", strict=True)
+    session = create_session(tmp_path / "m.onnx", device="cpu", strict=True)
     feeds = {"features": np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)}
     np.testing.assert_array_equal(session.run_and_shrink(feeds), session.run(feeds))

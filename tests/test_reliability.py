@@ -66,7 +66,7 @@ async def busy_then_late(client) -> tuple:
     request of three more rows asks to be answered within 50 ms. Returns (the late
     response, the metrics page) once the model has drained, after checking that the busy
     request was answered and that only its three rows ran."""
-    svc = client.app.state.ortserve.registry.get("slow")
+    svc = client.app.state.ortserve.dataplane.registry.get("slow")
     runs_before = svc.queue.batches_run
     first = asyncio.ensure_future(client.post("/predict", json={"model": "slow",
                                                                  "inputs": [ROW] * 3}))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from app.api.v1.predict import encode
+from app.api.v1.codec import encode
 from tests.builders import add_rows_model, add_text_model
 from tests.servers import PredictLoad, ServiceProcess, wait_until
 
@@ -94,7 +94,7 @@ def test_swapping_versions_through_polling_fails_no_request(tmp_path):
 
         folder = parked / "tabular" / "2"
         manifest = Manifest.model_validate_json((folder / "model.json").read_text())
-        session = create_session(folder / "model.onnx", "cpu", False)
+        session = create_session(folder / "model.onnx", device="cpu")
         pipeline = build_pipeline(manifest, folder)
         payloads, _ = pipeline.preprocess(ROWS)
         v2 = encode(manifest.labels, pipeline.run_batch(session.run, payloads))

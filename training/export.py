@@ -46,7 +46,7 @@ def ort_session(path: Path, threads: int = 0) -> ort.InferenceSession:
     to the manifest are those of the graph ONNX Runtime serves."""
     from app.runtime.session import create_session
 
-    return create_session(path, "cpu", strict=False, intra_op_threads=threads).session
+    return create_session(path, device="cpu", intra_op_threads=threads).session
 
 
 def check_parity(module: torch.nn.Module, path: Path,

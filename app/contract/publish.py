@@ -1,5 +1,6 @@
 """Publishes a version into the repository `models/<name>/<version>/` (the writer side of
-the contract that `app/contract/repository.py` reads): the trainer and `ortserve import` both use it.
+the contract that `app/contract/repository.py` reads): the trainer and `ortserve import`
+both use it.
 
 A version is assembled in a hidden temporary folder beside its final place and renamed
 into place only once every artifact and the manifest are written, so an interrupted run

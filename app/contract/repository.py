@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,29 +20,49 @@ from app.contract.manifest import MANIFEST_FILE, NAME_PATTERN, Manifest, eligibl
 log = logging.getLogger("ortserve.repository")
 
 
-@dataclass
+class VersionRejected(ValueError):
+    """A version folder that cannot serve; the message says why."""
+
+
+@dataclass(frozen=True)
 class ModelSource:
-    """One model as found on disk: a verified manifest, or the reason it cannot load."""
+    """One version as found on disk, its manifest verified."""
+
+    name: str
+    version: int
+    path: Path
+    manifest: Manifest
+    model_file: str  # the variant file to serve, unless the loader picks among candidates
+    variant: str | None
+    # variant name -> file of every variant verified and worth timing at load (auto); the
+    # loader serves the fastest
+    candidates: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VerifiedVersion:
+    """A source and the verified bytes of each artifact it needs, so what is parsed is
+    exactly what was hashed (no re-read between the check and the load). Dropped once the
+    version is loaded: ONNX Runtime and the tokenizer keep their own copies."""
+
+    source: ModelSource
+    files: Mapping[str, bytes]
+
+
+@dataclass(frozen=True)
+class ScanEntry:
+    """What `ortserve check` reports of one model: the version it would serve and whether
+    that version verifies."""
 
     name: str
     version: int | None
-    path: Path | None
-    manifest: Manifest | None = None
-    error: str | None = None
-    model_file: str | None = None
-    variant: str | None = None
-    # variant name -> file of every variant verified and worth timing at load (auto); the
-    # loader serves the fastest and sets model_file and variant to it
-    candidates: dict[str, str] = field(default_factory=dict)
-    variant_rates: dict[str, float] = field(default_factory=dict)  # inputs/s, when timed
-    variant_reason: str | None = None
-    # The verified bytes of each artifact, so what is parsed is exactly what was hashed
-    # (no re-read between the check and the load); released once the model is loaded.
-    verified: dict[str, bytes] | None = None
+    model_file: str | None
+    error: str | None
 
 
 def _versions(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in model_dir.iterdir()
+                  if p.is_dir() and p.name.isascii() and p.name.isdigit())
 
 
 def model_names(root: Path) -> list[str]:
@@ -75,98 +96,94 @@ def fingerprint(path: Path) -> tuple[str, float]:
     return hashlib.sha256("|".join(entries).encode()).hexdigest(), newest
 
 
-def verify(name: str, version: int, path: Path, variant: str | None = None) -> ModelSource:
-    """Check one version folder against its manifest. `variant`: None or `manifest` (the
-    manifest's default file), `auto` (every eligible variant, for the loader to time), or a
-    variant's name."""
-    src = ModelSource(name, version, path)
+def read_manifest(name: str, version: int, path: Path) -> Manifest:
     try:
-        raw = json.loads((path / MANIFEST_FILE).read_text())
-        manifest = Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(json.loads((path / MANIFEST_FILE).read_text()))
     except FileNotFoundError:
-        src.error = f"{MANIFEST_FILE} missing"
-        return src
+        raise VersionRejected(f"{MANIFEST_FILE} missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        src.error = f"{MANIFEST_FILE} is not valid JSON: {exc}"
-        return src
+        raise VersionRejected(f"{MANIFEST_FILE} is not valid JSON: {exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "manifest"
-        src.error = f"{MANIFEST_FILE} invalid at {where}: {first['msg']}"
-        return src
+        raise VersionRejected(f"{MANIFEST_FILE} invalid at {where}: {first['msg']}") from None
     if manifest.name != name or manifest.version != version:
-        src.error = (f"manifest says {manifest.name}/{manifest.version}, "
-                     f"folder is {name}/{version}")
-        return src
-    model_file = manifest.model_file
+        raise VersionRejected(f"manifest says {manifest.name}/{manifest.version}, "
+                              f"folder is {name}/{version}")
+    return manifest
+
+
+def _variant_file(manifest: Manifest, variant: str | None) -> str:
+    if not variant:
+        return manifest.model_file
+    if variant not in manifest.variants:
+        raise VersionRejected(f"variant {variant!r} not in manifest "
+                              f"({', '.join(manifest.variants)})")
+    model_file = manifest.variants[variant].file
+    if model_file not in manifest.artifacts:
+        raise VersionRejected(f"variant file {model_file} is not listed in artifacts")
+    return model_file
+
+
+def read_artifact(path: Path, fname: str, manifest: Manifest) -> bytes:
+    """One listed artifact's bytes, checked against the manifest's size and SHA-256."""
+    fpath = path / fname
+    if not fpath.is_file():
+        raise VersionRejected(f"{fname} missing")
+    expected = manifest.artifacts[fname]
+    if fpath.stat().st_size != expected.bytes:
+        raise VersionRejected(f"{fname} is {fpath.stat().st_size} bytes, manifest says "
+                              f"{expected.bytes} (truncated or replaced)")
+    data = fpath.read_bytes()
+    if len(data) != expected.bytes or hashlib.sha256(data).hexdigest() != expected.sha256:
+        raise VersionRejected(f"{fname} SHA-256 does not match the manifest")
+    return data
+
+
+def verify(name: str, version: int, path: Path, variant: str | None = None) -> VerifiedVersion:
+    """Check one version folder against its manifest; VersionRejected says why it cannot
+    serve. `variant`: None or `manifest` (the manifest's default file), `auto` (every
+    eligible variant, for the loader to time), or a variant's name."""
+    manifest = read_manifest(name, version, path)
     candidates = eligible_variants(manifest) if variant == "auto" else {}
-    if variant in ("auto", "manifest"):
-        variant = None
-    if variant:
-        if variant not in manifest.variants:
-            src.error = f"variant {variant!r} not in manifest ({', '.join(manifest.variants)})"
-            return src
-        model_file = manifest.variants[variant].file
-        if model_file not in manifest.artifacts:
-            src.error = f"variant file {model_file} is not listed in artifacts"
-            return src
+    named = None if variant in ("auto", "manifest") else variant
+    model_file = _variant_file(manifest, named)
     needed = list(dict.fromkeys([model_file, *candidates.values()]
                                 + [f for f in (manifest.tokenizer_file, manifest.background_file)
                                    if f]))
-    verified = {}
-    for fname in needed:
-        fpath = path / fname
-        if not fpath.is_file():
-            src.error = f"{fname} missing"
-            return src
-        expected = manifest.artifacts[fname]
-        if fpath.stat().st_size != expected.bytes:
-            src.error = (f"{fname} is {fpath.stat().st_size} bytes, manifest says "
-                         f"{expected.bytes} (truncated or replaced)")
-            return src
-        data = fpath.read_bytes()
-        if len(data) != expected.bytes or hashlib.sha256(data).hexdigest() != expected.sha256:
-            src.error = f"{fname} SHA-256 does not match the manifest"
-            return src
-        verified[fname] = data
-    src.verified = verified
-    src.manifest = manifest
-    src.model_file = model_file
-    src.variant = variant or next(
+    files = {fname: read_artifact(path, fname, manifest) for fname in needed}
+    served_variant = named or next(
         (k for k, v in manifest.variants.items() if v.file == model_file), None)
-    src.candidates = candidates if len(candidates) > 1 else {}
-    return src
+    source = ModelSource(name, version, path, manifest, model_file, served_variant,
+                         candidates if len(candidates) > 1 else {})
+    return VerifiedVersion(source, files)
 
 
-def scan(root: Path, only: list[str] | None = None, pins: dict[str, int] | None = None,
-         variants: dict[str, str] | None = None) -> list[ModelSource]:
-    """Every model to serve: the pinned or highest version of each (or of `only`)."""
-    pins, variants = pins or {}, variants or {}
+def scan(root: Path, only: list[str] | None = None,
+         variants: Mapping[str, str] | None = None) -> list[ScanEntry]:
+    """The highest version of every model (or of `only`), verified."""
+    variants = variants or {}
     if not root.is_dir():
         log.error("model repository %s does not exist", root)
-        return [ModelSource(n, pins.get(n), None, error=f"repository {root} does not exist")
+        return [ScanEntry(n, None, None, f"repository {root} does not exist")
                 for n in (only or [])]
-    found = {p.name: p for p in sorted(root.iterdir())
-             if p.is_dir() and NAME_PATTERN.match(p.name)}
-    names = only or sorted(found)
     out = []
-    for name in names:
+    for name in only or model_names(root):
         if not NAME_PATTERN.match(name):
-            out.append(ModelSource(name, None, None, error="invalid model name"))
+            out.append(ScanEntry(name, None, None, "invalid model name"))
             continue
-        if name not in found:
-            out.append(ModelSource(name, pins.get(name), None,
-                                   error=f"no folder {name} in {root}"))
+        if not (root / name).is_dir():
+            out.append(ScanEntry(name, None, None, f"no folder {name} in {root}"))
             continue
-        versions = _versions(found[name])
-        version = pins.get(name) or (versions[-1] if versions else None)
-        if version is None:
-            out.append(ModelSource(name, None, None, error="no numbered version folder"))
+        versions = _versions(root / name)
+        if not versions:
+            out.append(ScanEntry(name, None, None, "no numbered version folder"))
             continue
-        if version not in versions:
-            out.append(ModelSource(name, version, None,
-                                   error=f"pinned version {version} not found "
-                                         f"(have {versions})"))
+        try:
+            found = verify(name, versions[-1], root / name / str(versions[-1]),
+                           variants.get(name))
+        except VersionRejected as exc:
+            out.append(ScanEntry(name, versions[-1], None, str(exc)))
             continue
-        out.append(verify(name, version, found[name] / str(version), variants.get(name)))
+        out.append(ScanEntry(name, versions[-1], found.source.model_file, None))
     return out

@@ -18,13 +18,15 @@ from prometheus_client import (
     multiprocess,
 )
 
+from app.observability.context import PROTOCOLS, protocol
+
 MS_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
               0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 MODEL = ("model", "version")
-# The API a request came through: /predict, the Open Inference Protocol over HTTP, over gRPC
-APIS = ("v1", "v2", "grpc")
+# The API a request came through (the `api` label): the request context's protocol
+APIS = PROTOCOLS
 
 OUTCOMES = ("success", "client_error", "server_error", "rejected", "timeout", "cancelled")
 
@@ -152,7 +154,10 @@ class RequestObserver:
         self._inputs.inc(inputs)
         self._queue_wait.observe(queue_wait_s)
 
-    def request_done(self, api: str, outcome: str, seconds: float, inputs: int = 0) -> None:
+    def request_done(self, outcome: str, seconds: float, inputs: int = 0) -> None:
+        """One request answered (or refused) by this version, counted under the protocol of
+        the request being answered (the request context)."""
+        api = protocol()
         self._requests[api, outcome].inc()
         self._latency[api].observe(seconds)
         if inputs:

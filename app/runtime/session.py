@@ -78,8 +78,8 @@ class ModelSession:
         return self.run(feeds, options)
 
 
-def create_session(model: Path | bytes, device: str, strict: bool, tensorrt: bool = False,
-                   intra_op_threads: int = 0, inter_op_threads: int = 1,
+def create_session(model: Path | bytes, *, device: str, strict: bool = False,
+                   tensorrt: bool = False, intra_op_threads: int = 0, inter_op_threads: int = 1,
                    allow_spinning: bool = False,
                    disabled_optimizers: Sequence[str] | None = None,
                    output_name: str | None = None) -> ModelSession:

@@ -1,24 +1,38 @@
 """API keys: from settings and/or a file re-read when it changes (rotation without a
-restart), compared in constant time, never logged."""
+restart), compared in constant time, never logged.
+
+Predict keys and admin keys are two stores of this one matcher; the HTTP edge and the gRPC
+servicer both ask it through `app/api/edge/auth.py`.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
+from collections.abc import Iterable
 from pathlib import Path
+
+# A key file is looked at (stat) at most this often.
+REFRESH_S = 1.0
+
+
+def _digest(key: bytes) -> bytes:
+    # Equal-length digests: the comparison's time says nothing about a key's length.
+    return hashlib.sha256(key).digest()
 
 
 class KeyStore:
-    def __init__(self, keys: list[str], key_file: Path | None) -> None:
-        self._static = [k.encode() for k in keys if k]
+    def __init__(self, keys: Iterable[str], key_file: Path | None = None) -> None:
+        self._static = [_digest(k.encode()) for k in keys if k]
         self._file = key_file
         self._file_keys: list[bytes] = []
         self._mtime: float | None = None
-        self._checked = 0.0
+        self._checked = float("-inf")
 
     def _refresh(self) -> None:
         now = time.monotonic()
-        if self._file is None or now - self._checked < 1.0:
+        if self._file is None or now - self._checked < REFRESH_S:
             return
         self._checked = now
         try:
@@ -28,17 +42,19 @@ class KeyStore:
             return
         if mtime != self._mtime:
             lines = self._file.read_text().splitlines()
-            self._file_keys = [ln.strip().encode() for ln in lines
+            self._file_keys = [_digest(ln.strip().encode()) for ln in lines
                                if ln.strip() and not ln.startswith("#")]
             self._mtime = mtime
 
     @property
     def enabled(self) -> bool:
+        """Keys are asked for: some are configured, or a key file is named."""
         return bool(self._static) or self._file is not None
 
     def matches(self, candidate: bytes) -> bool:
         self._refresh()
+        given = _digest(candidate)
         found = False
         for key in (*self._static, *self._file_keys):
-            found |= hmac.compare_digest(candidate, key)  # no early exit: constant time
+            found |= hmac.compare_digest(given, key)  # no early exit: constant time
         return found

@@ -1,15 +1,25 @@
-"""The protocol-neutral data plane: every API calls this, none calls the registry's
-models directly. Inputs in, typed results out; errors are `app.errors` domain errors."""
+"""The protocol-neutral data plane: the one door to serving for every API. Requests come in
+as (name, version, inputs, deadline); answers go out as typed results and views; errors are
+`app.errors` domain errors. No API reads the registry or a loaded model itself."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from app.errors import QueueFull
+from app.errors import LoadFailed, QueueFull
 from app.explain.explainer import ExplainOptions
-from app.serving.model import ClientGone, InferenceResult, LoadedModel
+from app.serving.model import ClientGone, InferenceResult
 from app.serving.registry import ModelRegistry
+from app.serving.views import (
+    READY,
+    IndexEntry,
+    ModelsReadiness,
+    ModelView,
+    ServedVersion,
+)
+
+Inputs = Sequence[Any] | Callable[[ServedVersion], Sequence[Any]]
 
 
 class DataPlane:
@@ -18,24 +28,43 @@ class DataPlane:
         self.explain_max_concurrent = explain_max_concurrent
         self._explaining = 0
 
-    def model(self, name: str | None, version: int | None = None) -> LoadedModel:
-        """The version that would answer (name, version) now (metadata, logs)."""
-        return self.registry.get(name, version)
+    # -- what is served ------------------------------------------------------------------
+    def default_model(self) -> str | None:
+        return self.registry.default_model()
 
-    async def infer(self, name: str | None, version: int | None,
-                    inputs: Sequence[Any] | Callable[[LoadedModel], Sequence[Any]],
-                    timeout_s: float, client_gone: ClientGone | None = None,
-                    api: str = "v1") -> InferenceResult:
-        """`api` labels the request's metrics: v1, v2 or grpc."""
+    def models(self) -> list[ModelView]:
+        return self.registry.views()
+
+    def model(self, name: str | None) -> ModelView:
+        """One model (ModelNotFound when it has no record)."""
+        return self.registry.view(name)
+
+    def served(self, name: str | None, version: int | None = None) -> ServedVersion:
+        """The version that would answer (name, version) now (ModelNotFound, ModelNotReady
+        when none would)."""
+        return self.registry.get(name, version).view()
+
+    def index(self) -> list[IndexEntry]:
+        return self.registry.index()
+
+    def readiness(self) -> ModelsReadiness:
+        return self.registry.readiness()
+
+    # -- requests ------------------------------------------------------------------------
+    async def infer(self, name: str | None, version: int | None, inputs: Inputs,
+                    timeout_s: float, client_gone: ClientGone | None = None
+                    ) -> InferenceResult:
+        """`inputs` may be a function of the answering version's view that decodes them (a
+        protocol's tensors): its errors count as that version's client errors."""
         # no await between the lookup and the submit inside infer(): a version swap
         # happens before or after this request, never during it
-        return await self.registry.get(name, version).infer(inputs, timeout_s, client_gone,
-                                                            api)
+        return await self.registry.get(name, version).infer(inputs, timeout_s, client_gone)
 
     async def explain(self, name: str | None, version: int | None, inputs: Sequence[Any],
                       options: ExplainOptions, timeout_s: float,
-                      client_gone: ClientGone | None = None) -> tuple[LoadedModel, list[dict]]:
-        """Explanations of `inputs` by the model that would answer them, and that model.
+                      client_gone: ClientGone | None = None
+                      ) -> tuple[ServedVersion, list[dict[str, Any]]]:
+        """Explanations of `inputs` by the version that would answer them, and its view.
         At most `explain_max_concurrent` at once: more are refused at once (503)."""
         model = self.registry.get(name, version)
         if self._explaining >= self.explain_max_concurrent:
@@ -47,8 +76,29 @@ class DataPlane:
         if gauge is not None:
             gauge.inc()
         try:
-            return model, await model.explain(inputs, options, timeout_s, client_gone)
+            return model.view(), await model.explain(inputs, options, timeout_s, client_gone)
         finally:
             self._explaining -= 1
             if gauge is not None:
                 gauge.dec()
+
+    # -- repository control --------------------------------------------------------------
+    async def load(self, name: str, version: int | None = None) -> ModelView:
+        """Load one version (requests without a version go to it until the next load), or
+        apply the model's version policy afresh. LoadFailed, with the model's view as
+        details, when the asked version did not load or, without a version, when nothing
+        serves afterwards."""
+        rec = await self.registry.load(name, version)
+        view = rec.view(self.registry.policy(name))
+        if version is not None and rec.versions[version].state != READY:
+            raise LoadFailed(f"model {name} version {version} did not load: "
+                             f"{rec.versions[version].reason}", model=view)
+        if version is None and rec.route is None:
+            raise LoadFailed(f"failed to load {name!r}: {rec.error or rec.status}", model=view)
+        return view
+
+    async def unload(self, name: str, version: int | None = None) -> ModelView:
+        """Drain and unload one version, or every version of the model."""
+        rec = await self.registry.unload(name, version)
+        return rec.view(self.registry.policy(name))
+

@@ -1,21 +1,24 @@
-"""A verified `ModelSource` -> a complete `LoadedModel` (pipeline, session, batch limits
-resolved once, warm-up), or a `LoadError` that names why and changes nothing."""
+"""A verified version -> a complete `LoadedModel` (pipeline, session, batch limits resolved
+once, the variant chosen, warm-up), or a `LoadError` that names why and changes nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from app.contract.background import BadBackground
-from app.contract.repository import ModelSource
+from app.contract.repository import ModelSource, VerifiedVersion
 from app.explain.explainer import Explainer, ExplainLimits
 from app.observability.metrics import ExplainObserver, Metrics, ModelObserver, RequestObserver
-from app.pipelines import build_pipeline
+from app.pipelines import Pipeline, build_pipeline
 from app.runtime.batcher import BatchLimits, BatchQueue
 from app.runtime.memory import release_freed_memory, rss_mb
-from app.runtime.session import CPU, DeviceError, create_session
+from app.runtime.session import CPU, DeviceError, ModelSession, create_session
 from app.serving.model import LoadedModel
+from app.serving.variants import ServedVariant, choose_variant, time_variants
 from app.settings import Settings, resolved_instances, resolved_intra_op_threads
 
 log = logging.getLogger("ortserve.loader")
@@ -34,12 +37,23 @@ class LoadError(Exception):
         self.reason, self.message = reason, message
 
 
+class BatchRunner:
+    """Runs one batch of a loaded version, in a batch queue's thread: the pipeline collates
+    the payloads, the session runs them, the pipeline turns the outputs into rows."""
+
+    def __init__(self, pipeline: Pipeline, session: ModelSession) -> None:
+        self.pipeline, self.session = pipeline, session
+
+    def __call__(self, payloads: list[Any]) -> Sequence[Any]:
+        return self.pipeline.run_batch(self.session.run, payloads)
+
+
 def resolve_limits(settings: Settings, source: ModelSource) -> BatchLimits:
     """Per-model setting, else the manifest's value, else the server-wide setting."""
-    manifest = source.manifest.batching if source.manifest else None
+    manifest = source.manifest.batching
     override = settings.batching.get(source.name)
 
-    def pick(key: str):
+    def pick(key: str) -> Any:
         for layer in (override, manifest):
             if layer is not None and getattr(layer, key) is not None:
                 return getattr(layer, key)
@@ -52,7 +66,7 @@ def resolve_limits(settings: Settings, source: ModelSource) -> BatchLimits:
 
 
 def check_memory(settings: Settings, source: ModelSource) -> None:
-    if not settings.memory_budget_mb or not source.manifest or not source.model_file:
+    if not settings.memory_budget_mb:
         return
     need = source.manifest.artifacts[source.model_file].bytes * MEMORY_PER_FILE_BYTE / 2**20
     used = rss_mb()
@@ -63,7 +77,7 @@ def check_memory(settings: Settings, source: ModelSource) -> None:
                                   "(ORTSERVE_MEMORY_BUDGET_MB); unload a version first")
 
 
-def check_outputs(source: ModelSource, shape: list) -> None:
+def check_outputs(source: ModelSource, shape: Sequence[object]) -> None:
     """The graph's output width must match the manifest: one column per label, or one
     value for a regressor."""
     m = source.manifest
@@ -75,120 +89,97 @@ def check_outputs(source: ModelSource, shape: list) -> None:
                                    f"declares {what}")
 
 
-# A variant must be this much faster than the manifest's default to replace it (timing noise).
-VARIANT_TIE = 0.05
+def _build(found: VerifiedVersion, settings: Settings, files: Mapping[str, str]
+           ) -> tuple[Pipeline, dict[str, ModelSession], Explainer | None, str | None]:
+    """In a thread: the pipeline, a session per variant in `files`, the explainer (or why
+    there is none)."""
+    s, source = settings, found.source
+    m = source.manifest
+    pipeline = build_pipeline(m, source.path, s.max_text_chars, s.truncate_text,
+                              s.max_inputs, s.max_rows, found.files)
+    sessions = {variant: create_session(
+        found.files[file], device=s.device, strict=s.strict_device, tensorrt=s.tensorrt,
+        intra_op_threads=resolved_intra_op_threads(s), inter_op_threads=s.inter_op_threads,
+        allow_spinning=s.ort_allow_spinning, output_name=m.outputs.get("name"))
+        for variant, file in files.items()}
+    try:
+        explainer = Explainer.for_model(m, pipeline, ExplainLimits(
+            s.explain_max_inputs, s.explain_default_evaluations, s.explain_max_evaluations,
+            s.explain_exact_max_players), found.files)
+    except BadBackground as exc:  # predictions still serve; explain answers why not
+        log.warning("model %s version %s: no explanations: %s", source.name, source.version,
+                    exc)
+        return pipeline, sessions, None, str(exc)
+    return pipeline, sessions, explainer, None
 
 
-def time_variants(pipeline, sessions: dict, limits: BatchLimits) -> dict[str, float]:
-    """Inputs per second of each variant's session on the model's middle-sized warm-up
-    batches (8 inputs of each warm-up length, for text), on this host and provider: one
-    untimed run of the smallest batch (first-run costs), then the better of two timed
-    passes, the variants taking turns so that a slow moment of a shared host hurts them
-    alike. Timing every warm-up batch (up to 64 x 128 tokens) cost sentiment 8.5 s of load
-    time on a 2-core host for the same choice."""
-    warm = [b[:limits.max_batch_size] for b in pipeline.warmup_payloads(limits.max_batch_size)]
-    sizes = sorted({len(b) for b in warm})
-    batches = [b for b in warm if len(b) == sizes[len(sizes) // 2]]
-    inputs = sum(len(b) for b in batches)
-    best = dict.fromkeys(sessions, float("inf"))
-    for session in sessions.values():
-        pipeline.run_batch(session.run, min(warm, key=len))
-    for _ in range(2):
-        for variant, session in sessions.items():
-            t0 = time.perf_counter()
-            for b in batches:
-                pipeline.run_batch(session.run, b)
-            best[variant] = min(best[variant], time.perf_counter() - t0)
-    return {v: round(inputs / t, 1) for v, t in best.items()}
+async def _choose(source: ModelSource, pipeline: Pipeline, sessions: dict[str, ModelSession],
+                  limits: BatchLimits) -> tuple[ServedVariant, ModelSession]:
+    """The variant to serve: the only one, or the fastest of the candidates on this host."""
+    if len(sessions) == 1:
+        [session] = sessions.values()
+        return ServedVariant(source.variant, source.model_file), session
+    try:
+        rates = await asyncio.to_thread(time_variants, pipeline, sessions, limits)
+    except Exception as exc:  # noqa: BLE001
+        raise LoadError("warmup", f"timing the variants failed: {type(exc).__name__}: "
+                                  f"{exc}") from exc
+    chosen, why = choose_variant(rates, source.variant)
+    log.info("model %s version %s: serving variant %s (%s)", source.name, source.version,
+             chosen, why)
+    session = sessions.pop(chosen)
+    sessions.clear()  # the variants not chosen are freed here
+    release_freed_memory()
+    return ServedVariant(chosen, source.candidates[chosen], rates, why), session
 
 
-def choose_variant(rates: dict[str, float], default: str | None) -> tuple[str, str]:
-    """The fastest variant, unless the manifest's default is within VARIANT_TIE of it."""
-    fastest = max(rates, key=rates.get)
-    listed = ", ".join(f"{v} {r:g} inputs/s" for v, r in
-                       sorted(rates.items(), key=lambda kv: -kv[1]))
-    if default in rates and rates[default] >= (1 - VARIANT_TIE) * rates[fastest]:
-        if default == fastest:
-            return default, f"fastest on this host: {listed}"
-        return default, (f"the manifest's default, within {VARIANT_TIE:.0%} of the fastest: "
-                         f"{listed}")
-    return fastest, f"fastest on this host: {listed}"
+async def _warm_up(pipeline: Pipeline, session: ModelSession, queue: BatchQueue,
+                   limits: BatchLimits) -> None:
+    """Every warm-up batch through the queue, then one run that hands the memory arena's
+    unused chunks back."""
+    warm = pipeline.warmup_payloads(limits.max_batch_size)
+    for payloads in warm:
+        batch = payloads[:limits.max_batch_size]
+        await queue.warm_up(batch, [pipeline.cost(p) for p in batch])
+    await asyncio.to_thread(pipeline.run_batch, session.run_and_shrink, min(warm, key=len))
+    release_freed_memory()
 
 
-async def load(source: ModelSource, settings: Settings, metrics: Metrics) -> LoadedModel:
+async def load(found: VerifiedVersion, settings: Settings, metrics: Metrics) -> LoadedModel:
     """Build, check and warm one version. Raises LoadError (or DeviceError in strict mode)."""
-    if source.error or source.manifest is None or source.verified is None:
-        raise LoadError("verify", source.error or "not verified")
-    check_memory(settings, source)
-    s, m = settings, source.manifest
+    source, s = found.source, settings
+    check_memory(s, source)
     t0, rss0 = time.perf_counter(), rss_mb()
     limits = resolve_limits(s, source)
-    candidates = source.candidates if s.warmup else {}
+    files = dict(source.candidates) if s.warmup and source.candidates else {
+        source.variant or "": source.model_file}
     try:
-        pipeline = await asyncio.to_thread(
-            build_pipeline, m, source.path, s.max_text_chars, s.truncate_text, s.max_inputs,
-            s.max_rows, source.verified)
-        sessions = {}
-        for variant, file in (candidates or {source.variant: source.model_file}).items():
-            sessions[variant] = await asyncio.to_thread(
-                create_session, source.verified[file], s.device, s.strict_device,
-                s.tensorrt, resolved_intra_op_threads(s), s.inter_op_threads,
-                s.ort_allow_spinning, None, m.outputs.get("name"))
+        pipeline, sessions, explainer, explain_error = await asyncio.to_thread(
+            _build, found, s, files)
     except DeviceError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to build is this version's
         raise LoadError("session", f"cannot load: {type(exc).__name__}: {exc}") from exc
-    else:
-        explainer, explain_error = None, None
-        try:
-            explainer = Explainer.for_model(m, pipeline, ExplainLimits(
-                s.explain_max_inputs, s.explain_default_evaluations, s.explain_max_evaluations,
-                s.explain_exact_max_players), source.verified)
-        except BadBackground as exc:  # predictions still serve; explain answers why not
-            explain_error = str(exc)
-            log.warning("model %s version %s: no explanations: %s", source.name,
-                        source.version, exc)
-    finally:
-        source.verified = None  # ONNX Runtime and the tokenizer keep their own copies
-    rates: dict[str, float] = {}
-    if len(sessions) > 1:
-        try:
-            rates = await asyncio.to_thread(time_variants, pipeline, sessions, limits)
-        except Exception as exc:  # noqa: BLE001
-            raise LoadError("warmup", f"timing the variants failed: {type(exc).__name__}: "
-                                      f"{exc}") from exc
-        chosen, why = choose_variant(rates, source.variant)
-        log.info("model %s version %s: serving variant %s (%s)", source.name, source.version,
-                 chosen, why)
-        source.variant, source.model_file = chosen, candidates[chosen]
-        source.variant_rates, source.variant_reason = rates, why
-    session = sessions.pop(source.variant)
-    if sessions:
-        sessions.clear()  # the variants not chosen are freed here
-        release_freed_memory()
+    variant, session = await _choose(source, pipeline, sessions, limits)
     check_outputs(source, session.output_shape)
     labels = (source.name, str(source.version))
-    queue = BatchQueue(lambda payloads: pipeline.run_batch(session.run, payloads), limits,
+    queue = BatchQueue(BatchRunner(pipeline, session), limits,
                        ModelObserver(metrics, *labels), name=source.name,
                        instances=resolved_instances(s, session.provider != CPU),
                        low_batch_size=s.explain_batch_size)
     try:
         if s.warmup:
-            warm = pipeline.warmup_payloads(limits.max_batch_size)
-            for payloads in warm:
-                batch = payloads[:limits.max_batch_size]
-                await queue.warm_up(batch, [pipeline.cost(p) for p in batch])
-            await asyncio.to_thread(pipeline.run_batch, session.run_and_shrink,
-                                    min(warm, key=len))
-            release_freed_memory()
+            await _warm_up(pipeline, session, queue, limits)
     except Exception as exc:  # noqa: BLE001
         await queue.close()
         raise LoadError("warmup", f"warm-up failed: {type(exc).__name__}: {exc}") from exc
     queue.start()
-    model = LoadedModel(source, pipeline, session, queue, limits,
-                        RequestObserver(metrics, *labels),
-                        round(time.perf_counter() - t0, 3), round(rss_mb() - rss0, 1),
-                        explainer, ExplainObserver(metrics, *labels), explain_error)
+    model = LoadedModel(
+        source=source, variant=variant, pipeline=pipeline, session=session, queue=queue,
+        limits=limits, observer=RequestObserver(metrics, *labels),
+        load_seconds=round(time.perf_counter() - t0, 3), memory_mb=round(rss_mb() - rss0, 1),
+        explainer=explainer, explain_observer=ExplainObserver(metrics, *labels),
+        explain_error=explain_error)
     log.info("model %s version %s ready on %s in %.2f s", source.name, source.version,
              session.provider, model.load_seconds)
     return model

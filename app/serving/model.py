@@ -32,6 +32,8 @@ from app.observability.metrics import ExplainObserver, RequestObserver
 from app.pipelines import Pipeline
 from app.runtime.batcher import BatchLimits, BatchQueue, Job
 from app.runtime.session import ModelSession
+from app.serving.variants import ServedVariant
+from app.serving.views import ServedVersion
 
 log = logging.getLogger("ortserve.models")
 
@@ -114,14 +116,13 @@ class InferenceResult:
 class LoadedModel:
     """One version of one model, ready to serve: source, pipeline, session and queue."""
 
-    def __init__(self, source: ModelSource, pipeline: Pipeline, session: ModelSession,
-                 queue: BatchQueue, limits: BatchLimits, observer: RequestObserver,
-                 load_seconds: float, memory_mb: float | None,
+    def __init__(self, *, source: ModelSource, variant: ServedVariant, pipeline: Pipeline,
+                 session: ModelSession, queue: BatchQueue, limits: BatchLimits,
+                 observer: RequestObserver, load_seconds: float, memory_mb: float | None,
                  explainer: Explainer | None = None,
                  explain_observer: ExplainObserver | None = None,
                  explain_error: str | None = None) -> None:
-        assert source.manifest is not None and source.version is not None
-        self.source = source
+        self.source, self.variant = source, variant
         self.manifest: Manifest = source.manifest
         self.name, self.version = source.name, source.version
         self.pipeline, self.session, self.queue = pipeline, session, queue
@@ -133,6 +134,7 @@ class LoadedModel:
         self._idle = asyncio.Event()
         self._idle.set()
         self._accepting = True
+        self._view: ServedVersion | None = None
 
     @property
     def kind(self) -> str:
@@ -147,14 +149,14 @@ class LoadedModel:
         """(model, version) as the Prometheus metrics label them."""
         return self.name, str(self.version)
 
-    async def infer(self, inputs: Sequence[Any] | Callable[[LoadedModel], Sequence[Any]],
-                    timeout_s: float, client_gone: ClientGone | None = None,
-                    api: str = "v1") -> InferenceResult:
+    async def infer(self, inputs: Sequence[Any] | Callable[[ServedVersion], Sequence[Any]],
+                    timeout_s: float, client_gone: ClientGone | None = None
+                    ) -> InferenceResult:
         """Run inputs through the model. Everything up to the queue is synchronous, so a
         caller that looked this model up in the registry submits before any other task
         runs (a version swap cannot slip in between). `inputs` may be a function of this
-        model that decodes them (a protocol's tensors): its errors count as this model's
-        client errors."""
+        version's view that decodes them (a protocol's tensors): its errors count as this
+        version's client errors."""
         t0 = time.perf_counter()
         outcome, count = "server_error", 0
         self._inflight += 1
@@ -163,7 +165,7 @@ class LoadedModel:
             if not self._accepting:
                 raise ModelNotReady(f"model {self.name} version {self.version} is draining")
             if callable(inputs):
-                inputs = inputs(self)
+                inputs = inputs(self.view())
             payloads, costs = self.pipeline.preprocess(inputs)
             count = len(payloads)
             job = self.queue.submit(payloads, costs, deadline=t0 + timeout_s)
@@ -188,7 +190,7 @@ class LoadedModel:
             outcome = outcome_of(exc)
             raise
         finally:
-            self.observer.request_done(api, outcome, time.perf_counter() - t0, count)
+            self.observer.request_done(outcome, time.perf_counter() - t0, count)
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
@@ -262,18 +264,25 @@ class LoadedModel:
     async def close(self) -> None:
         await self.queue.close()
 
-    def describe(self) -> dict:
-        """The facts `/models` reports about this version."""
-        s, src = self.session, self.source
-        return {
-            "name": self.name, "version": self.version, "kind": self.kind,
-            "variant": src.variant, "model_file": src.model_file,
-            "variant_rates": src.variant_rates, "variant_reason": src.variant_reason,
-            "provider": s.provider, "providers": s.providers, "requested_providers": s.requested,
-            "batching": vars(self.limits), "instances": self.queue.instances,
-            "load_seconds": self.load_seconds, "memory_mb": self.memory_mb,
-            "explainable": self.explainer is not None and (
-                self.explainer.text or self.explainer.background is not None),
-            "explain_baseline": self.explainer.baseline if self.explainer else None,
-            "feature_ranges": self.explainer.feature_ranges if self.explainer else None,
-        }
+    def view(self) -> ServedVersion:
+        """The facts the APIs report about this version (fixed once it is loaded)."""
+        if self._view is None:
+            self._view = self._describe()
+        return self._view
+
+    def _describe(self) -> ServedVersion:
+        s, m, e = self.session, self.manifest, self.explainer
+        features = m.inputs.features
+        return ServedVersion(
+            name=self.name, version=self.version, kind=self.kind,
+            labels=tuple(m.labels) if m.labels else None,
+            features=tuple(f.name for f in features) if features else None, manifest=m,
+            variant=self.variant.name, model_file=self.variant.file,
+            variant_rates=self.variant.rates, variant_reason=self.variant.reason,
+            provider=s.provider, providers=tuple(s.providers),
+            requested_providers=tuple(s.requested), batching=self.limits,
+            instances=self.queue.instances, load_seconds=self.load_seconds,
+            memory_mb=self.memory_mb,
+            explainable=e is not None and (e.text or e.background is not None),
+            explain_baseline=e.baseline if e else None,
+            feature_ranges=tuple(e.feature_ranges) if e and e.feature_ranges else None)

@@ -3,91 +3,60 @@ a version go, and every change to that (load, unload, follow the repository fold
 
 A change never fails a request: a new version is loaded and warmed while the old ones
 serve, the route switches in one assignment, and only then do the versions that leave
-service drain (every request they accepted is answered) and close. A version that fails to
-load changes nothing that serves. Changes run one at a time (one lock); lookups are plain
-dictionary reads on the event loop, never awaited, so a request sees one route or the other.
+service drain (every request they accepted is answered) and close (`retire.py`). A version
+that fails to load changes nothing that serves. Changes run one at a time (one lock);
+lookups are plain dictionary reads on the event loop, never awaited, so a request sees one
+route or the other. Which versions serve is the version policy's (`policy.py`); the poll
+mode (`poll.py`) calls `poll()`; each version's metrics are `series.py`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.contract.repository import ModelSource, fingerprint, model_names, verify, version_folders
+from app.contract.repository import (
+    VerifiedVersion,
+    VersionRejected,
+    fingerprint,
+    model_names,
+    verify,
+    version_folders,
+)
 from app.errors import ChangeRefused, ModelNotFound, ModelNotReady
 from app.observability.metrics import Metrics
-from app.runtime.memory import release_freed_memory
 from app.runtime.session import DeviceError
 from app.serving import loader
 from app.serving.model import LoadedModel
+from app.serving.policy import VersionPolicy, policy_setting
+from app.serving.poll import Poller, settling
+from app.serving.records import ModelRecord, VersionRecord
+from app.serving.retire import retire
+from app.serving.series import VersionSeries
+from app.serving.views import (
+    DRAINING,
+    FAILED,
+    LOADING,
+    READY,
+    UNLOADED,
+    IndexEntry,
+    ModelsReadiness,
+    ModelView,
+)
 from app.settings import Settings, resolved_workers
 
 log = logging.getLogger("ortserve.registry")
-
-LOADING, READY, DRAINING, UNLOADED, FAILED = "loading", "ready", "draining", "unloaded", "failed"
-# A polled version folder changed less than this many poll intervals ago may still be
-# being copied: it is looked at again on a later poll.
-SETTLE_POLLS = 2.0
-
-
-@dataclass
-class VersionRecord:
-    version: int
-    state: str = UNLOADED
-    reason: str | None = None
-    model: LoadedModel | None = None
-    failed_fingerprint: str | None = None  # not retried by polling until the folder changes
-
-
-@dataclass
-class ModelRecord:
-    name: str
-    versions: dict[int, VersionRecord] = field(default_factory=dict)
-    route: LoadedModel | None = None  # where requests without a version go
-    pinned: int | None = None  # set by an explicit load of one version
-    excluded: set[int] = field(default_factory=set)  # unloaded explicitly
-    wanted: bool = True  # False once every version was unloaded explicitly
-    error: str | None = None  # why no version serves
-
-    def version(self, v: int) -> VersionRecord:
-        return self.versions.setdefault(v, VersionRecord(v))
-
-    def ready(self) -> dict[int, LoadedModel]:
-        return {v: r.model for v, r in sorted(self.versions.items())
-                if r.state == READY and r.model is not None}
-
-    @property
-    def status(self) -> str:
-        if self.route is not None:
-            return READY
-        if any(r.state == LOADING for r in self.versions.values()):
-            return LOADING
-        return FAILED if self.error else UNLOADED
-
-
-def parse_policy(policy: str | list[int]) -> tuple[str, int | list[int]]:
-    """("latest", N) | ("all", 0) | ("specific", [versions]); ValueError when malformed."""
-    if isinstance(policy, list):
-        return "specific", sorted(set(policy))
-    if policy == "all":
-        return "all", 0
-    if policy == "latest":
-        return "latest", 1
-    if policy.startswith("latest:") and policy[7:].isdigit() and int(policy[7:]) > 0:
-        return "latest", int(policy[7:])
-    raise ValueError(f"version policy {policy!r}: expected latest, latest:N, all or a list")
 
 
 class ModelRegistry:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
+        self.series = VersionSeries(metrics)
         self.metrics = metrics
         self.records: dict[str, ModelRecord] = {}
         self._lock = asyncio.Lock()
-        self._poller: asyncio.Task | None = None
+        self._poller: Poller | None = None
 
     # -- lookups (synchronous: a request sees one state of the registry) ----------------
     @property
@@ -129,57 +98,39 @@ class ModelRegistry:
         raise ModelNotFound(f"model {rec.name} version {version} is not served (serving "
                             f"{served or 'none'})", {"field": "version", "served": served})
 
-    def not_ready(self) -> dict[str, str]:
-        """Models that should serve and cannot (readiness); a model whose versions were
-        all unloaded on purpose is not counted."""
-        out = {}
-        for name, rec in self.records.items():
-            if rec.route is None and rec.wanted and rec.status in (LOADING, FAILED):
-                out[name] = rec.error or rec.status
-        return out
+    def readiness(self) -> ModelsReadiness:
+        """Models that should serve and cannot; a model whose versions were all unloaded
+        on purpose is not counted."""
+        not_ready = {name: rec.error or rec.status for name, rec in self.records.items()
+                     if rec.route is None and rec.wanted and rec.status in (LOADING, FAILED)}
+        return ModelsReadiness(not_ready, len(self.records))
 
     def policy(self, name: str) -> str | list[int]:
-        if name in self.settings.model_versions:
-            return [self.settings.model_versions[name]]
-        return self.settings.version_policy.get(name, self.settings.default_version_policy)
+        return policy_setting(self.settings, name)
 
-    def versions(self, rec: ModelRecord) -> list[dict]:
-        return [{"version": v, "state": r.state, "reason": r.reason,
-                 "routed": rec.route is not None and rec.route.version == v}
-                for v, r in sorted(rec.versions.items())]
+    def view(self, name: str | None) -> ModelView:
+        rec = self.record(name)
+        return rec.view(self.policy(rec.name))
 
-    def summary(self, rec: ModelRecord) -> dict:
-        """What /models says about one model: its routed version's facts, its versions."""
-        out: dict = {"name": rec.name, "version": None, "kind": None, "variant": None,
-                     "model_file": None, "variant_rates": {}, "variant_reason": None,
-                     "provider": None, "providers": None,
-                     "requested_providers": None, "batching": None, "instances": None}
-        if rec.route is not None:
-            out.update(rec.route.describe())
-        out.update(status=rec.status, error=rec.error, policy=self.policy(rec.name),
-                   pinned_version=rec.pinned, versions=self.versions(rec))
-        return out
+    def views(self) -> list[ModelView]:
+        return [rec.view(self.policy(rec.name)) for rec in self.records.values()]
 
-    def index(self) -> list[dict]:
+    def index(self) -> list[IndexEntry]:
         """Every model and version on disk or in memory, and its state."""
-        names = sorted(set(model_names(self.root)) | set(self.records))
         out = []
-        for name in names:
+        for name in sorted(set(model_names(self.root)) | set(self.records)):
             rec = self.records.get(name)
             on_disk = set(version_folders(self.root, name))
             known = set(rec.versions) if rec else set()
+            routed = rec.routed_version if rec else None
             for v in sorted(on_disk | known):
                 vr = rec.versions.get(v) if rec else None
-                out.append({"name": name, "version": v,
-                            "state": vr.state if vr else UNLOADED,
-                            "reason": vr.reason if vr else None,
-                            "on_disk": v in on_disk,
-                            "routed": bool(rec and rec.route and rec.route.version == v)})
+                out.append(IndexEntry(name, v, vr.state if vr else UNLOADED,
+                                      vr.reason if vr else None, v in on_disk, routed == v))
             if not on_disk and not known:
-                out.append({"name": name, "version": None,
-                            "state": rec.status if rec else UNLOADED,
-                            "reason": rec.error if rec else "no numbered version folder",
-                            "on_disk": False, "routed": False})
+                out.append(IndexEntry(name, None, rec.status if rec else UNLOADED,
+                                      rec.error if rec else "no numbered version folder",
+                                      False, False))
         return out
 
     # -- changes ------------------------------------------------------------------------
@@ -193,7 +144,8 @@ class ModelRegistry:
                 self.records[name] = ModelRecord(name)
                 await self._sync(self.records[name], initial=True)
         if self.settings.repository_poll_s > 0:
-            self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
+            self._poller = Poller(self.poll, self.settings.repository_poll_s)
+            self._poller.start()
 
     def _check_single_process(self) -> None:
         workers = resolved_workers(self.settings)
@@ -249,9 +201,8 @@ class ModelRegistry:
             else:
                 raise ModelNotFound(f"model {name} version {version} is not loaded",
                                     {"field": "version", "served": list(ready)})
-            staying = {v: m for v, m in ready.items() if v not in leaving}
-            self._route(rec, staying)
-            await self._retire(rec, leaving)
+            self._route(rec, {v: m for v, m in ready.items() if v not in leaving})
+            await retire(rec, leaving, self.series, self.root)
             return rec
 
     async def poll(self) -> None:
@@ -264,98 +215,26 @@ class ModelRegistry:
                 if rec.wanted:
                     await self._sync(rec, polling=True)
                 if not self.settings.models and not (self.root / rec.name).is_dir():
-                    await self._retire(rec, list(rec.ready()))
+                    await retire(rec, list(rec.ready()), self.series, self.root)
                     del self.records[rec.name]  # its folder is gone: so is the model
-
-    async def _poll_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.repository_poll_s)
-            try:
-                await self.poll()
-            except Exception:  # noqa: BLE001 - the next poll tries again
-                log.exception("repository poll failed")
 
     # -- the one place where versions come and go ---------------------------------------
     async def _sync(self, rec: ModelRecord, initial: bool = False, polling: bool = False,
                     force: int | None = None) -> None:
         """Make the served versions of `rec` what its policy, pin and exclusions say."""
-        name = rec.name
-        on_disk = version_folders(self.root, name)
-        if not (self.root / name).is_dir():
-            rec.error = f"no folder {name} in {self.root}"
-        elif not on_disk:
-            rec.error = "no numbered version folder"
-        try:
-            kind, arg = parse_policy(self.policy(name))
-        except ValueError as exc:
-            rec.error = str(exc)
-            kind, arg = "specific", []
-        ready = rec.ready()
-        if kind == "specific":
-            missing = [v for v in arg if v not in on_disk]
-            if missing and not polling:
-                rec.error = f"pinned version {missing[0]} not found (have {on_disk})"
-            candidates, enough = [v for v in arg if v in on_disk], len(arg)
-        else:
-            candidates = sorted(on_disk, reverse=True)
-            enough = len(candidates) if kind == "all" else arg
-        candidates = [v for v in candidates if v not in rec.excluded]
-        sources: dict[int, ModelSource] = {}
-        looked_at: dict[int, bool] = {}
-
-        async def usable(v: int) -> bool:
-            if v not in looked_at:
-                looked_at[v] = await check(v)
-            return looked_at[v]
-
-        async def check(v: int) -> bool:
-            """Ready and still on disk, or verified now (its source kept for loading)."""
-            if v in ready:
-                return v in on_disk
-            vr = rec.version(v)
-            if v not in on_disk or vr.state == LOADING:
-                return False
-            path = self.root / name / str(v)
-            fp, newest = fingerprint(path)
-            settle = SETTLE_POLLS * self.settings.repository_poll_s
-            if polling and time.time() - newest < settle:
-                return False  # may still be being copied; looked at again next poll
-            if vr.state == FAILED and vr.failed_fingerprint == fp and v != force:
-                return False  # known bad until its folder changes
-            src = await asyncio.to_thread(verify, name, v, path,
-                                          self.settings.variant_for(name))
-            if src.error:
-                self._failed(rec, vr, "verify", src.error, fp)
-                return False
-            sources[v] = src
-            return True
-
+        on_disk = version_folders(self.root, rec.name)
+        candidates, enough = self._candidates(rec, on_disk, polling)
+        checker = _VersionChecker(self, rec, on_disk, polling, force)
         wanted: list[int] = []
         for v in candidates:  # the policy's versions, best first, until it has enough
             if len(wanted) >= enough:
                 break
-            if await usable(v):
+            if await checker.usable(v):
                 wanted.append(v)
-        if rec.pinned is not None and rec.pinned not in wanted and await usable(rec.pinned):
+        if rec.pinned is not None and rec.pinned not in wanted and \
+                await checker.usable(rec.pinned):
             wanted.append(rec.pinned)
-
-        for v, src in sources.items():
-            vr = rec.version(v)
-            vr.state, vr.reason = LOADING, None
-            try:
-                vr.model = await loader.load(src, self.settings, self.metrics)
-            except DeviceError as exc:
-                if initial:
-                    raise
-                self._failed(rec, vr, "device", str(exc), fingerprint(src.path)[0])
-                continue
-            except loader.LoadError as exc:
-                self._failed(rec, vr, exc.reason, exc.message, fingerprint(src.path)[0])
-                continue
-            vr.state = READY
-            self.metrics.ready.labels(name, str(v)).set(1)
-            self._info(vr.model, 1)
-
+        await self._load_verified(rec, checker.verified, initial)
         ready = rec.ready()
         # A version that fails is skipped and the policy falls back to the next one, which
         # is usually the one serving; if nothing it names can serve, keep what does.
@@ -367,12 +246,54 @@ class ModelRegistry:
         elif not rec.error:
             failures = [r.reason for r in rec.versions.values() if r.state == FAILED]
             rec.error = failures[-1] if failures else None
-        await self._retire(rec, [v for v in ready if v not in serve])
+        await retire(rec, [v for v in ready if v not in serve], self.series, self.root)
+
+    def _candidates(self, rec: ModelRecord, on_disk: list[int],
+                    polling: bool) -> tuple[list[int], int]:
+        """The versions the policy names, best first, and how many it serves; notes on the
+        record why none can be found."""
+        if not (self.root / rec.name).is_dir():
+            rec.error = f"no folder {rec.name} in {self.root}"
+        elif not on_disk:
+            rec.error = "no numbered version folder"
+        try:
+            policy = VersionPolicy.parse(self.policy(rec.name))
+        except ValueError as exc:
+            rec.error = str(exc)
+            policy = VersionPolicy("specific")
+        missing = policy.missing(on_disk)
+        if missing and not polling:
+            rec.error = f"pinned version {missing[0]} not found (have {on_disk})"
+        candidates, enough = policy.candidates(on_disk)
+        return [v for v in candidates if v not in rec.excluded], enough
+
+    async def _load_verified(self, rec: ModelRecord, verified: dict[int, VerifiedVersion],
+                             initial: bool) -> None:
+        """Load and warm each verified version; a failure marks that version only."""
+        for v in list(verified):
+            vr = rec.version(v)
+            vr.state, vr.reason = LOADING, None
+            found = verified.pop(v)  # its bytes are freed once loaded
+            try:
+                vr.model = await loader.load(found, self.settings, self.metrics)
+            except DeviceError as exc:
+                if initial:
+                    raise
+                self._failed(rec, vr, "device", str(exc), fingerprint(found.source.path)[0])
+                continue
+            except loader.LoadError as exc:
+                self._failed(rec, vr, exc.reason, exc.message,
+                             fingerprint(found.source.path)[0])
+                continue
+            finally:
+                del found
+            vr.state = READY
+            self.series.serving(vr.model)
 
     def _route(self, rec: ModelRecord, serve: dict[int, LoadedModel]) -> None:
         """Switch requests without a version to the pinned or highest served version, and
         mark every other ready version as leaving, in one step (no await)."""
-        before = rec.route.version if rec.route else None
+        before = rec.routed_version
         if rec.pinned is not None and rec.pinned in serve:
             rec.route = serve[rec.pinned]
         else:
@@ -380,58 +301,21 @@ class ModelRegistry:
         for v, vr in rec.versions.items():
             if vr.state == READY and v not in serve:
                 vr.state = DRAINING
-                self.metrics.ready.labels(rec.name, str(v)).set(0)
-        after = rec.route.version if rec.route else None
-        if after != before:
+                self.series.leaving(rec.name, v)
+        if rec.routed_version != before:
             log.info("model %s: requests without a version now go to version %s (was %s)",
-                     rec.name, after, before)
-
-    async def _retire(self, rec: ModelRecord, versions: list[int]) -> None:
-        """Drain (every accepted request answered), close, forget the metrics of each."""
-        for v in versions:
-            vr = rec.versions[v]
-            model, vr.state = vr.model, DRAINING
-            if model is None:
-                continue
-            await model.drain()
-            await model.close()
-            self._info(model, None)
-            vr.model, vr.state, vr.reason = None, UNLOADED, None
-            if not (self.root / rec.name / str(v)).is_dir():
-                del rec.versions[v]  # gone from disk too: nothing left to report
-            self.metrics.forget(rec.name, str(v))
-            del model
-            release_freed_memory()
-            log.info("model %s version %s unloaded", rec.name, v)
-
-    def _info(self, model: LoadedModel, value: int | None) -> None:
-        s, src = model.session, model.source
-        labels = (model.name, str(model.version), model.kind, src.variant or "", s.provider,
-                  s.requested[0], model.manifest.artifacts[src.model_file].sha256)
-        rates = {(model.name, str(model.version), v): r for v, r in src.variant_rates.items()}
-        if value is None:
-            for metric, series in ((self.metrics.info, [labels]),
-                                   (self.metrics.variant_rate, list(rates))):
-                for one in series:
-                    try:
-                        metric.remove(*one)
-                    except KeyError:
-                        pass
-        else:
-            self.metrics.info.labels(*labels).set(value)
-            for one, rate in rates.items():
-                self.metrics.variant_rate.labels(*one).set(rate)
+                     rec.name, rec.routed_version, before)
 
     def _failed(self, rec: ModelRecord, vr: VersionRecord, reason: str, message: str,
                 fp: str | None) -> None:
         vr.state, vr.reason, vr.model = FAILED, message, None
         vr.failed_fingerprint = fp
-        self.metrics.load_failures.labels(rec.name, reason).inc()
+        self.series.load_failed(rec.name, reason)
         log.error("model %s version %s not loaded: %s", rec.name, vr.version, message)
 
     async def drain(self) -> None:
         if self._poller is not None:
-            self._poller.cancel()
+            self._poller.stop()
         models = [m for rec in self.records.values() for m in rec.ready().values()]
         await asyncio.gather(*(m.drain() for m in models))
 
@@ -440,3 +324,42 @@ class ModelRegistry:
             for vr in rec.versions.values():
                 if vr.model is not None:
                     await vr.model.close()
+
+
+class _VersionChecker:
+    """Whether each version can serve, asked once per version in one sync: ready and still
+    on disk, or verified now (its verified bytes kept for loading)."""
+
+    def __init__(self, registry: ModelRegistry, rec: ModelRecord, on_disk: list[int],
+                 polling: bool, force: int | None) -> None:
+        self.registry, self.rec, self.on_disk = registry, rec, on_disk
+        self.polling, self.force = polling, force
+        self.ready = rec.ready()
+        self.verified: dict[int, VerifiedVersion] = {}
+        self._answers: dict[int, bool] = {}
+
+    async def usable(self, v: int) -> bool:
+        if v not in self._answers:
+            self._answers[v] = await self._check(v)
+        return self._answers[v]
+
+    async def _check(self, v: int) -> bool:
+        if v in self.ready:
+            return v in self.on_disk
+        rec, registry = self.rec, self.registry
+        vr = rec.version(v)
+        if v not in self.on_disk or vr.state == LOADING:
+            return False
+        path = registry.root / rec.name / str(v)
+        fp, newest = fingerprint(path)
+        if self.polling and settling(newest, registry.settings.repository_poll_s):
+            return False  # may still be being copied; looked at again next poll
+        if vr.state == FAILED and vr.failed_fingerprint == fp and v != self.force:
+            return False  # known bad until its folder changes
+        try:
+            self.verified[v] = await asyncio.to_thread(
+                verify, rec.name, v, path, registry.settings.variant_for(rec.name))
+        except VersionRejected as exc:
+            registry._failed(rec, vr, "verify", str(exc), fp)
+            return False
+        return True

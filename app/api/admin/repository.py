@@ -7,79 +7,61 @@ changes nothing. Each change answers once it is done (or failed), with the model
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
 
-from fastapi import APIRouter, Body, Depends, Request
+from app.api.admin.schemas import LoadRequest, RepositoryIndex
+from app.api.edge import body, params
+from app.api.edge.auth import Access
+from app.api.edge.errors import json_response
+from app.api.edge.params import NAME_DOC
+from app.api.edge.route import openapi, route_class
+from app.api.edge.schemas import ErrorResponse, ModelSummary
+from app.api.edge.state import app_state
+from app.api.edge.views import model_summary
+from app.errors import LoadFailed
+from app.observability.context import V1
 
-from app.api.edge.errors import error_response
-from app.api.edge.state import AppState, get_state
-from app.api.schemas import ErrorResponse, LoadRequest, ModelSummary, RepositoryIndex
-from app.api.v1.models import ModelName
-from app.errors import ServingError
-
-router = APIRouter(prefix="/repository", tags=["repository"])
-
-
-class AdminDenied(ServingError):
-    code = "forbidden"
-
-
-class AdminUnauthorized(ServingError):
-    code = "unauthorized"
-
-
-async def require_admin(request: Request) -> None:
-    """401 without a key, 403 with a wrong one or when no admin key is configured."""
-    state: AppState = request.app.state.ortserve
-    keys = [k.encode() for k in state.settings.admin_keys if k]
-    header = request.headers.get("authorization", "")
-    if not header[:7].lower() == "bearer " or not header[7:].strip():
-        raise AdminUnauthorized("missing admin key: send 'Authorization: Bearer <admin key>'")
-    if not keys:
-        raise AdminDenied("the repository API is off: no admin key is configured "
-                          "(ORTSERVE_ADMIN_KEYS)")
-    given = header[7:].strip().encode()
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(given, key)  # no early exit: constant time
-    if not found:
-        raise AdminDenied("admin key not accepted")
+router = APIRouter(prefix="/repository", tags=["repository"],
+                   route_class=route_class(V1, Access.ADMIN))
+ERRORS = (400, 401, 403, 404, 409, 413, 422)
 
 
-Admin = Depends(require_admin)
-RESPONSES = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409, 422)}
+@router.get("/index", response_model=RepositoryIndex,
+            summary="Every model and version on disk, and its state",
+            **openapi(statuses=ERRORS, error_model=ErrorResponse))
+async def index(request: Request) -> Response:
+    entries = app_state(request).dataplane.index()
+    return json_response({"models": [
+        {"name": e.name, "version": e.version, "state": e.state, "reason": e.reason,
+         "on_disk": e.on_disk, "routed": e.routed} for e in entries]})
 
 
-@router.get("/index", response_model=RepositoryIndex, dependencies=[Admin],
-            responses=RESPONSES, summary="Every model and version on disk, and its state")
-async def index(state: Annotated[AppState, Depends(get_state)]):
-    return {"models": state.registry.index()}
+async def _target(request: Request) -> tuple[str, int | None]:
+    """The model in the path and the version in the body (an empty body: none)."""
+    name = params.model_name(request.path_params["name"])
+    raw = await body.read_body(request, app_state(request).settings.max_body_bytes)
+    return name, body.parse(raw, LoadRequest).version if raw.strip() else None
 
 
-async def _change(state: AppState, name: str, body: LoadRequest | None, load: bool):
-    version = body.version if body else None
-    reg = state.registry
-    rec = await (reg.load(name, version) if load else reg.unload(name, version))
-    summary = reg.summary(rec)
-    if load and version is not None and rec.versions[version].state != "ready":
-        return error_response("load_failed", f"model {name} version {version} did not "
-                              f"load: {rec.versions[version].reason}", 422, summary)
-    return summary
-
-
-@router.post("/models/{name}/load", response_model=ModelSummary, dependencies=[Admin],
-             responses=RESPONSES,
+@router.post("/models/{name}/load", response_model=ModelSummary,
              summary="Load a version (requests without a version go to it until the next "
-                     "load), or apply the model's version policy afresh")
-async def load(name: ModelName, state: Annotated[AppState, Depends(get_state)],
-               body: Annotated[LoadRequest | None, Body()] = None):
-    return await _change(state, name, body, load=True)
+                     "load), or apply the model's version policy afresh",
+             **openapi([NAME_DOC], LoadRequest, ERRORS, ErrorResponse))
+async def load(request: Request) -> Response:
+    name, version = await _target(request)
+    try:
+        view = await app_state(request).dataplane.load(name, version)
+    except LoadFailed as exc:  # the answer says what serves now
+        raise LoadFailed(exc.message, details=model_summary(exc.model)) from None
+    return json_response(model_summary(view))
 
 
-@router.post("/models/{name}/unload", response_model=ModelSummary, dependencies=[Admin],
-             responses=RESPONSES,
-             summary="Drain and unload a version, or every version of the model")
-async def unload(name: ModelName, state: Annotated[AppState, Depends(get_state)],
-                 body: Annotated[LoadRequest | None, Body()] = None):
-    return await _change(state, name, body, load=False)
+@router.post("/models/{name}/unload", response_model=ModelSummary,
+             summary="Drain and unload a version, or every version of the model",
+             **openapi([NAME_DOC], LoadRequest, ERRORS, ErrorResponse))
+async def unload(request: Request) -> Response:
+    name, version = await _target(request)
+    return json_response(model_summary(await app_state(request).dataplane.unload(name,
+                                                                                  version)))

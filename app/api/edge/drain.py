@@ -4,7 +4,8 @@
    sending; work is still accepted, and every response closes its connection, so a client
    never finds its idle keep-alive connection cut later.
 2. stopping: new requests are answered 503 `shutting_down` with `Connection: close` (an
-   answer, not a cut connection; held until the listener has closed, see DrainGate)
+   answer, not a cut connection; held until the listener has closed, see
+   `until_listeners_closed`)
    while the listener stays open; requests accepted before finish. Once none is left (or
    `shutdown_grace_s` has passed) the server's own shutdown starts.
 3. the listeners close; connections already accepted get `LINGER_S` to deliver their
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from app.api.edge.http import send_error
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("ortserve.lifecycle")
 
@@ -37,7 +38,7 @@ class Drain:
         self.inflight = 0
         self._idle: asyncio.Event | None = None
         self._closed: asyncio.Event | None = None
-        self.hold_s = 30.0  # longest a refused request is held (see DrainGate)
+        self.hold_s = 30.0  # longest a refused request is held (until_listeners_closed)
 
     @property
     def draining(self) -> bool:
@@ -60,7 +61,10 @@ class Drain:
         return self._closed
 
     async def until_listeners_closed(self) -> None:
-        """Hold a refused request until the server stops accepting (at most `hold_s`)."""
+        """Hold a request refused while stopping until the server stops accepting (at most
+        `hold_s`): a client that ignores readiness would otherwise reconnect at once and, at
+        the instant the listener closes, sit in the kernel's accept queue, where its request
+        is reset. Held, it waits on a connection the server owns and then gets its 503."""
         try:
             await asyncio.wait_for(self._get_closed().wait(), self.hold_s)
         except TimeoutError:
@@ -86,40 +90,22 @@ class Drain:
             return False
 
 
-class DrainGate:
-    """ASGI middleware: counts requests in flight, closes connections after each response
-    once draining, and answers 503 to new work once stopping (health and metrics stay).
+class ClosingConnections:
+    """ASGI middleware: once draining, every response closes its connection (a client
+    then opens its next one where a load balancer sends it)."""
 
-    A request refused while stopping is answered only once the listeners have closed: a
-    client that ignores readiness would otherwise reconnect at once and, at the instant
-    the listener closes, sit in the kernel's accept queue, where its request is reset.
-    Held, it waits on a connection the server owns and then gets its 503.
-    """
-
-    def __init__(self, app, drain: Drain,
-                 exempt: tuple[str, ...] = ("/health/", "/v2/health/", "/metrics")) -> None:
+    def __init__(self, app: ASGIApp, drain: Drain) -> None:
         self.app = app
         self.drain = drain
-        self.exempt = exempt
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         drain = self.drain
-        if drain.phase == STOPPING and not scope["path"].startswith(self.exempt):
-            await drain.until_listeners_closed()
-            await send_error(send, scope["path"], 503, "shutting_down",
-                             "the server is shutting down; retry on another replica",
-                             headers=[(b"retry-after", b"1"), CLOSE])
-            return
 
-        async def send_closing(message):
+        async def send_closing(message: Message) -> None:
             if message["type"] == "http.response.start" and drain.phase != SERVING:
                 message["headers"] = [*message.get("headers", []), CLOSE]
             await send(message)
 
-        drain.enter()
-        try:
-            await self.app(scope, receive, send_closing)
-        finally:
-            drain.leave()
+        await self.app(scope, receive, send_closing)

@@ -1,25 +1,100 @@
-"""Routes documented by FastAPI but served without its per-request machinery.
+"""The route every HTTP endpoint of the service is: documented by FastAPI, served by the
+edge.
 
 FastAPI resolves dependencies, validates parameters and serialises the return value on every
 request: about 34 us per request on this project's 2-core reference machine, more than
-a tabular model run. A `LeanRoute` keeps everything FastAPI derives from the decorator
+a tabular model run. An edge route keeps everything FastAPI derives from the decorator
 (OpenAPI entry, response models, tags) but hands the request straight to its endpoint,
 `endpoint(request) -> Response`, through FastAPI's hook for custom route classes
-(`get_route_handler`). The endpoint reads and validates its own inputs (bodies with
-pydantic-core straight from bytes) and raises the same exceptions as any route, so the
-application's exception handlers answer errors in the usual shape.
+(`get_route_handler`), after the gate (`app/api/edge/auth.py`) has let it in. The endpoint
+reads its own inputs through the edge (body, parameters) and raises `ServingError`s; the
+route answers them in its protocol's shape (`app/api/edge/errors.py`), and an unexpected
+exception as a logged 500 in that shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, ClassVar
 
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.api.edge.auth import AUTHORIZATION, Access, bearer
+from app.api.edge.body import BodyLost
+from app.api.edge.errors import CLIENT_CLOSED_STATUS, InternalError, v1_error, v2_error
+from app.api.edge.params import header
+from app.api.edge.state import app_state
+from app.errors import ServingError
+from app.observability.context import V1, V2, request_id, set_protocol
 
-class LeanRoute(APIRoute):
+log = logging.getLogger("ortserve.errors")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+RENDER: dict[str, Callable[[ServingError], Response]] = {V1: v1_error, V2: v2_error}
+
+
+class EdgeRoute(APIRoute):
+    """Set `protocol` and `access` in a subclass (see `route_class`)."""
+
+    protocol: ClassVar[str] = V1
+    access: ClassVar[Access] = Access.PREDICT
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return self.endpoint
+        endpoint: Endpoint = self.endpoint
+        protocol, access, render = self.protocol, self.access, RENDER[self.protocol]
+        path = self.path_format
+
+        async def handle(request: Request) -> Response:
+            state = app_state(request)
+            if protocol != V1:
+                set_protocol(protocol)
+            try:
+                await state.gate.admit(
+                    access, bearer(header(request.scope["headers"], AUTHORIZATION)),
+                    check_key=request.scope["path"] not in state.exempt_paths, hold=True)
+                if access is Access.PUBLIC:
+                    return await endpoint(request)
+                state.drain.enter()
+                try:
+                    return await endpoint(request)
+                finally:
+                    state.drain.leave()
+            except ServingError as exc:
+                return render(exc)
+            except BodyLost:
+                return Response(status_code=CLIENT_CLOSED_STATUS)
+            except Exception as exc:  # noqa: BLE001 - a bug: answered, then logged
+                rid = request_id()
+                log.error("unexpected error in %s %s: %s: %s", request.method, path,
+                          type(exc).__name__, exc, exc_info=exc, extra={"request_id": rid})
+                return render(InternalError("internal server error", {"request_id": rid}))
+
+        return handle
+
+
+def route_class(protocol: str, access: Access) -> type[EdgeRoute]:
+    """The route class of a router whose endpoints speak `protocol` and need `access`."""
+    return type(f"EdgeRoute_{protocol}_{access.value}", (EdgeRoute,),
+                {"protocol": protocol, "access": access})
+
+
+def openapi(parameters: Sequence[dict[str, Any]] = (), body: type[BaseModel] | None = None,
+            statuses: Sequence[int] = (), error_model: type[BaseModel] | None = None
+            ) -> dict[str, Any]:
+    """The route decorator's documentation of what an edge endpoint reads itself: its
+    path parameters and headers (`app/api/edge/params.py`), its JSON body, and the error
+    statuses it may answer with `error_model`."""
+    extra: dict[str, Any] = {}
+    if parameters:
+        extra["parameters"] = list(parameters)
+    if body is not None:
+        extra["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": body.model_json_schema(ref_template="#/components/schemas/{model}")}}}
+    out: dict[str, Any] = {"openapi_extra": extra} if extra else {}
+    if statuses and error_model is not None:
+        out["responses"] = {c: {"model": error_model} for c in statuses}
+    return out

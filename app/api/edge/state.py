@@ -1,15 +1,17 @@
-"""The per-app shared state that routers receive through dependency injection."""
+"""What every protocol adapter shares for one app: settings, the data plane, the gate,
+the drain, metrics. The one way to reach it: `app_state(request)` over HTTP, the servicer's
+own reference over gRPC."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from fastapi import Request
+from starlette.requests import Request
 
+from app.api.edge.auth import Gate
 from app.api.edge.drain import Drain
 from app.observability.metrics import Metrics
 from app.serving.dataplane import DataPlane
-from app.serving.registry import ModelRegistry
 from app.settings import Settings
 
 
@@ -17,20 +19,13 @@ from app.settings import Settings
 class AppState:
     settings: Settings
     metrics: Metrics
-    registry: ModelRegistry
-    drain: Drain = field(default_factory=Drain)
+    dataplane: DataPlane
+    drain: Drain
+    gate: Gate
+    exempt_paths: frozenset[str] = frozenset()  # served without a key (the settings')
     started: bool = False
-    dataplane: DataPlane = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.dataplane = DataPlane(self.registry, self.settings.explain_max_concurrent)
-
-    @property
-    def draining(self) -> bool:
-        return self.drain.draining
 
 
-async def get_state(request: Request) -> AppState:
-    # async on purpose: FastAPI runs sync dependencies in a thread pool, a thread hop per
-    # request that cost a fifth of the event loop's time under load.
-    return request.app.state.ortserve
+def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.ortserve
+    return state

@@ -1,94 +1,84 @@
 """POST /explain, POST /models/{name}/explain, and the same under /v2/models/{name}
 (`/v2/models/{name}/explain`, `/v2/models/{name}/versions/{version}/explain`): the Open
-Inference Protocol defines no explain endpoint, so the v2 path takes this API's JSON body.
-Parse, call the data plane, encode."""
+Inference Protocol defines no explain endpoint, so the v2 paths take this API's JSON body
+and answer in its shape. Parse, call the data plane, encode."""
 
 from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter
+from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.edge.errors import CLIENT_CLOSED_STATUS
-from app.api.edge.http import BodyLost, client_gone
-from app.api.edge.responses import JSONResponse
-from app.api.edge.route import LeanRoute
-from app.api.edge.state import AppState
-from app.api.schemas import ExplainRequest, ExplainResponse, ModelExplainRequest
-from app.api.v1.predict import (
-    ERRORS,
-    _openapi,
-    _parse,
-    encode,
-    log_model,
-    path_name,
-    request_deadline,
-)
+from app.api.edge import params
+from app.api.edge.auth import Access
+from app.api.edge.body import client_gone
+from app.api.edge.errors import json_response
+from app.api.edge.params import NAME_DOC, TIMEOUT_DOC, VERSION_DOC
+from app.api.edge.route import openapi, route_class
+from app.api.edge.state import app_state
+from app.api.v1 import codec
+from app.api.v1.schemas import ExplainRequest, ExplainResponse, ModelExplainRequest
 from app.explain.explainer import ExplainOptions
+from app.observability.context import V1, name_model
 
-router = APIRouter(tags=["explain"], route_class=LeanRoute)
+router = APIRouter(tags=["explain"], route_class=route_class(V1, Access.PREDICT))
 
 
-async def _serve(request: Request, body_type, name: str | None = None,
-                 version: int | None = None) -> Response:
-    t0 = time.perf_counter()
-    try:
-        body = await _parse(request, body_type)
-    except BodyLost:
-        return Response(status_code=CLIENT_CLOSED_STATUS)
-    state: AppState = request.app.state.ortserve
-    deadline = request_deadline(request, state)
-    name = name or getattr(body, "model", None)
+async def _explain(request: Request, body: ExplainRequest | ModelExplainRequest,
+                   name: str | None, version: int | None, t0: float) -> Response:
+    state = app_state(request)
+    timeout = codec.deadline(request, state)
     version = version or body.version
-    log_fields = log_model(request, name, version)
+    name_model(name, version)
     options = ExplainOptions(body.target, body.max_evaluations, body.seed, body.method)
-    model, explanations = await state.dataplane.explain(
-        name, version, body.inputs, options, deadline, lambda: client_gone(request))
-    log_fields["model"], log_fields["version"] = model.name, model.version
+    served, explanations = await state.dataplane.explain(
+        name, version, body.inputs, options, timeout, lambda: client_gone(request))
+    name_model(served.name, served.version)
     for e in explanations:
-        e["prediction"] = encode(model.labels, [e["prediction"]])[0]
-    return JSONResponse({"model": model.name, "version": model.version,
-                         "explanations": explanations,
-                         "timing": {"total_ms": round((time.perf_counter() - t0) * 1000, 3)}})
+        e["prediction"] = codec.encode(served.labels, [e["prediction"]])[0]
+    return json_response({"model": served.name, "version": served.version,
+                          "explanations": explanations,
+                          "timing": {"total_ms": round((time.perf_counter() - t0) * 1000, 3)}})
 
 
-@router.post("/explain", response_model=ExplainResponse, responses=ERRORS,
+def _docs(*parameters: dict, body: type = ModelExplainRequest) -> dict:
+    return openapi([*parameters, TIMEOUT_DOC], body, codec.ERRORS, codec.ERROR_MODEL)
+
+
+@router.post("/explain", response_model=ExplainResponse,
              summary="Explain the named (or default) model's answers: Shapley values per "
-                     "word or feature", openapi_extra=_openapi(ExplainRequest))
-async def explain(request: Request):
-    return await _serve(request, ExplainRequest)
+                     "word or feature", **_docs(body=ExplainRequest))
+async def explain(request: Request) -> Response:
+    t0 = time.perf_counter()
+    body = await codec.read(request, app_state(request), ExplainRequest)
+    return await _explain(request, body, body.model, None, t0)
 
 
-@router.post("/models/{name}/explain", response_model=ExplainResponse, responses=ERRORS,
-             summary="Explain the answers of the model in the path",
-             openapi_extra=_openapi(ModelExplainRequest, path_name=True))
-async def explain_model(request: Request):
-    return await _serve(request, ModelExplainRequest, path_name(request))
+async def _explain_path(request: Request, with_version: bool) -> Response:
+    t0 = time.perf_counter()
+    name = codec.path_name(request)
+    version = params.version(request.path_params["version"]) if with_version else None
+    body = await codec.read(request, app_state(request), ModelExplainRequest)
+    return await _explain(request, body, name, version, t0)
 
 
-@router.post("/v2/models/{name}/explain", response_model=ExplainResponse, responses=ERRORS,
+@router.post("/models/{name}/explain", response_model=ExplainResponse,
+             summary="Explain the answers of the model in the path", **_docs(NAME_DOC))
+async def explain_model(request: Request) -> Response:
+    return await _explain_path(request, with_version=False)
+
+
+@router.post("/v2/models/{name}/explain", response_model=ExplainResponse,
              summary="Explain, under the v2 prefix (this API's JSON body; the Open Inference "
-                     "Protocol defines no explain endpoint)",
-             openapi_extra=_openapi(ModelExplainRequest, path_name=True))
-async def explain_v2(request: Request):
-    return await _serve(request, ModelExplainRequest, path_name(request))
-
-
-def _with_version(extra: dict) -> dict:
-    extra["parameters"].insert(1, {"name": "version", "in": "path", "required": True,
-                                   "description": "Model version.",
-                                   "schema": {"type": "integer", "minimum": 1}})
-    return extra
+                     "Protocol defines no explain endpoint)", **_docs(NAME_DOC))
+async def explain_v2(request: Request) -> Response:
+    return await _explain_path(request, with_version=False)
 
 
 @router.post("/v2/models/{name}/versions/{version}/explain", response_model=ExplainResponse,
-             responses=ERRORS, summary="Explain with one version, under the v2 prefix",
-             openapi_extra=_with_version(_openapi(ModelExplainRequest, path_name=True)))
-async def explain_v2_version(request: Request):
-    raw = request.path_params["version"]
-    if not raw.isdigit() or int(raw) < 1:
-        raise RequestValidationError([{"type": "greater_than_equal", "loc": ("path", "version"),
-                                       "msg": "must be an integer >= 1", "input": raw}])
-    return await _serve(request, ModelExplainRequest, path_name(request), int(raw))
+             summary="Explain with one version, under the v2 prefix",
+             **_docs(NAME_DOC, VERSION_DOC))
+async def explain_v2_version(request: Request) -> Response:
+    return await _explain_path(request, with_version=True)

@@ -10,46 +10,28 @@ pool under the protocol's package name, which a process can hold only once.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn
 
 import grpc
 
-from app import __version__
-from app.api.edge.drain import STOPPING
+from app.api.edge.auth import Access, bearer
+from app.api.edge.errors import InternalError, grpc_status
+from app.api.edge.params import deadline, version
+from app.api.edge.readiness import model_ready, readiness
 from app.api.edge.state import AppState
 from app.api.v2 import tensors as tz
 from app.api.v2.grpc import grpc_predict_v2_pb2 as pb
 from app.api.v2.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
-from app.api.v2.rest import EXTENSIONS, model_metadata
-from app.errors import (
-    ChangeRefused,
-    ClientCancelled,
-    DeadlineExceeded,
-    InvalidInput,
-    ModelNotFound,
-    ModelNotReady,
-    QueueFull,
-    ServingError,
-    mapped,
-)
-from app.security.keys import KeyStore
-from app.security.ratelimit import BackendDown, Limiter
+from app.api.v2.metadata import model_metadata, repository_index, server_metadata
+from app.errors import InvalidInput, ServingError
+from app.observability.context import GRPC, name_model, request_context
 
 log = logging.getLogger("ortserve.grpc")
 
 DEADLINE_MARGIN_S = 0.005
-CODES: dict[type[ServingError], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    ModelNotReady: grpc.StatusCode.UNAVAILABLE,
-    QueueFull: grpc.StatusCode.UNAVAILABLE,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    ClientCancelled: grpc.StatusCode.CANCELLED,
-    ChangeRefused: grpc.StatusCode.FAILED_PRECONDITION,
-}
 CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
             "UINT16": "uint_contents", "UINT32": "uint_contents",
@@ -57,21 +39,9 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
             "BYTES": "bytes_contents"}
 
 
-def _code(exc: ServingError) -> grpc.StatusCode:
-    return mapped(exc, CODES, grpc.StatusCode.INTERNAL)
-
-
 def _param(p: pb.InferParameter):
     kind = p.WhichOneof("parameter_choice")
     return getattr(p, kind) if kind else None
-
-
-def _version(raw: str) -> int | None:
-    if not raw:
-        return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise InvalidInput(f"model version {raw!r} must be a positive integer")
-    return int(raw)
 
 
 def _input_tensors(request: pb.ModelInferRequest) -> list[tz.Tensor]:
@@ -135,100 +105,96 @@ def service_handler(servicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, state: AppState, keys: KeyStore, limiter: Limiter | None) -> None:
-        self.state, self.keys, self.limiter = state, keys, limiter
+Call = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
-    async def _guard(self, context: grpc.aio.ServicerContext, admin: bool = False) -> None:
-        metadata = dict(context.invocation_metadata() or ())
-        auth = metadata.get("authorization", "")
-        given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
-        if admin:
-            keys = [k.encode() for k in self.state.settings.admin_keys if k]
-            found = False
-            for key in keys:
-                found |= hmac.compare_digest(given, key)
-            if not given:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing admin key")
-            if not found:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                    "admin key not accepted (ORTSERVE_ADMIN_KEYS)")
-        elif self.keys.enabled:
-            if not given:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                    "missing API key: send 'authorization: Bearer <key>'")
-            if not self.keys.matches(given):
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "API key not accepted")
-            if self.limiter is not None:  # the HTTP APIs' limiter: one limit per key
+
+def _guarded(access: Access) -> Callable[[Call], Call]:
+    """A method of the servicer behind the gate, in its own request context, with every
+    error answered as its gRPC status (an unexpected one logged and INTERNAL)."""
+    def wrap(method: Call) -> Call:
+        async def handler(self: InferenceService, request: Any,
+                          context: grpc.aio.ServicerContext) -> Any:
+            with request_context(os.urandom(16).hex(), GRPC) as ctx:
                 try:
-                    wait = await self.limiter.take(hashlib.sha256(given).hexdigest())
-                except BackendDown as exc:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-                if wait > 0:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                        f"rate limit exceeded; retry in {wait:.2f} s")
+                    metadata = dict(context.invocation_metadata() or ())
+                    await self.state.gate.admit(access, bearer(metadata.get("authorization")))
+                    return await method(self, request, context)
+                except ServingError as exc:
+                    await _abort(context, exc)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a bug: answered, then logged
+                    log.error("unexpected error in %s: %s: %s", method.__name__,
+                              type(exc).__name__, exc, exc_info=exc,
+                              extra={"request_id": ctx.request_id})
+                    await _abort(context, InternalError(
+                        f"internal server error (request id {ctx.request_id})"))
+        handler.__name__ = method.__name__
+        return handler
+    return wrap
 
-    async def ServerLive(self, request, context):
+
+async def _abort(context: grpc.aio.ServicerContext, exc: ServingError) -> NoReturn:
+    await context.abort(grpc.StatusCode[grpc_status(exc)], exc.message)
+    raise AssertionError("abort returned")  # pragma: no cover - abort always raises
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    @_guarded(Access.PUBLIC)
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request, context):
-        s = self.state
-        return pb.ServerReadyResponse(ready=s.started and not s.draining
-                                      and not s.registry.not_ready())
+    @_guarded(Access.PUBLIC)
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=readiness(self.state).ready)
 
-    async def ModelReady(self, request, context):
-        await self._guard(context)
+    @_guarded(Access.PREDICT)
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
         try:
-            self.state.dataplane.model(request.name, _version(request.version))
+            model_ready(self.state, request.name, version(request.version))
         except ServingError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
-    async def ServerMetadata(self, request, context):
-        await self._guard(context)
-        return pb.ServerMetadataResponse(name="ortserve", version=__version__,
-                                         extensions=EXTENSIONS)
+    @_guarded(Access.PREDICT)
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**server_metadata())
 
-    async def ModelMetadata(self, request, context):
-        await self._guard(context)
-        try:
-            meta = model_metadata(self.state, request.name, _version(request.version))
-        except ServingError as exc:
-            await context.abort(_code(exc), exc.message)
+    @_guarded(Access.PREDICT)
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+        meta = model_metadata(self.state.dataplane, request.name, version(request.version))
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"],
             inputs=[tensor(**t) for t in meta["inputs"]],
             outputs=[tensor(**t) for t in meta["outputs"]])
 
-    async def ModelInfer(self, request, context):
-        await self._guard(context)
+    @_guarded(Access.PREDICT)
+    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         state = self.state
-        if state.drain.phase == STOPPING:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "the server is shutting down; retry on another replica")
-        try:
-            return await self._infer(request, context)
-        except ServingError as exc:
-            await context.abort(_code(exc), exc.message)
-
-    async def _infer(self, request, context) -> pb.ModelInferResponse:
-        state = self.state
-        version = _version(request.model_version)
+        model_version = version(request.model_version)
+        name_model(request.model_name, model_version)
         tensors = _input_tensors(request)
-        deadline = state.settings.request_timeout_s
         remaining = context.time_remaining()
-        if remaining is not None:
-            # answer a few ms before the call's deadline, so that the server's own timeout
-            # (dropping queued inputs, counted as `timeout`) acts before the transport
-            # cancels the call
-            deadline = min(deadline, max(remaining - DEADLINE_MARGIN_S, 0.001))
+        # answer a few ms before the call's deadline, so that the server's own timeout
+        # (dropping queued inputs, counted as `timeout`) acts before the transport cancels
+        # the call
+        timeout = deadline(state.settings.request_timeout_s, None if remaining is None
+                           else max(remaining - DEADLINE_MARGIN_S, 0.001))
         gone = asyncio.get_running_loop().create_future()
         context.add_done_callback(lambda _: gone.done() or gone.set_result(None))
         requested: Sequence[str] | None = [o.name for o in request.outputs] or None
-        result = await state.dataplane.infer(request.model_name, version,
-                                             lambda model: tz.to_inputs(model, tensors),
-                                             deadline, lambda: gone, api="grpc")
+        state.drain.enter()
+        try:
+            result = await state.dataplane.infer(request.model_name, model_version,
+                                                 lambda model: tz.to_inputs(model, tensors),
+                                                 timeout, lambda: gone)
+        finally:
+            state.drain.leave()
+        name_model(result.model, result.version)
         outputs = tz.outputs(result, requested)
         return pb.ModelInferResponse(
             model_name=result.model, model_version=str(result.version), id=request.id,
@@ -236,44 +202,32 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 name=t.name, datatype=t.datatype, shape=t.shape) for t in outputs],
             raw_output_contents=[tz.raw(t) for t in outputs])
 
-    async def RepositoryIndex(self, request, context):
-        await self._guard(context, admin=True)
+    @_guarded(Access.ADMIN)
+    async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
         index = pb.RepositoryIndexResponse.ModelIndex
-        entries = [index(name=e["name"], version=str(e["version"] or ""),
-                         state=e["state"].upper(), reason=e["reason"] or "")
-                   for e in self.state.registry.index()]
-        if request.ready:
-            entries = [e for e in entries if e.state == "READY"]
-        return pb.RepositoryIndexResponse(models=entries)
+        return pb.RepositoryIndexResponse(models=[
+            index(**e) for e in repository_index(self.state.dataplane, request.ready)])
 
-    async def RepositoryModelLoad(self, request, context):
-        await self._guard(context, admin=True)
-        try:
-            rec = await self.state.registry.load(request.model_name)
-        except ServingError as exc:
-            await context.abort(_code(exc), exc.message)
-        if rec.route is None:
-            await context.abort(grpc.StatusCode.INTERNAL,
-                                f"failed to load {request.model_name!r}: {rec.error}")
+    @_guarded(Access.ADMIN)
+    async def RepositoryModelLoad(self, request: Any, context: Any
+                                  ) -> pb.RepositoryModelLoadResponse:
+        await self.state.dataplane.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, request, context):
-        await self._guard(context, admin=True)
-        try:
-            await self.state.registry.unload(request.model_name)
-        except ServingError as exc:
-            await context.abort(_code(exc), exc.message)
+    @_guarded(Access.ADMIN)
+    async def RepositoryModelUnload(self, request: Any, context: Any
+                                    ) -> pb.RepositoryModelUnloadResponse:
+        await self.state.dataplane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
 
-async def start(state: AppState, keys: KeyStore, limiter: Limiter | None, host: str,
-                port: int, max_message_bytes: int) -> grpc.aio.Server:
+async def start(state: AppState, host: str, port: int,
+                max_message_bytes: int) -> grpc.aio.Server:
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ])
-    server.add_generic_rpc_handlers([service_handler(InferenceService(state, keys,
-                                                                      limiter))])
+    server.add_generic_rpc_handlers([service_handler(InferenceService(state))])
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:
         raise RuntimeError(f"gRPC: cannot listen on {host}:{port}")

@@ -1,83 +1,67 @@
-"""Triton's model repository extension on the v2 API, mapped onto the repository
-control of `app/api/admin/repository.py` (same admin keys, same semantics):
+"""Triton's model repository extension on the v2 API, over the data plane's repository
+control (the admin keys; the same semantics as `/repository/*`):
 POST /v2/repository/index, POST /v2/repository/models/{name}/load|unload."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.admin.repository import require_admin
-from app.api.edge.http import read_body
-from app.api.edge.route import LeanRoute
+from app.api.edge import body, params
+from app.api.edge.auth import Access
+from app.api.edge.errors import InvalidRequest, MalformedBody, json_response
+from app.api.edge.params import NAME_DOC
+from app.api.edge.route import openapi, route_class
+from app.api.edge.state import app_state
 from app.api.v2 import schemas
-from app.api.v2.rest import (
-    app_state,
-    documented,
-    error,
-    json_response,
-    name_version,
-    v2_errors,
-)
-from app.errors import InvalidInput
+from app.api.v2.metadata import repository_index
+from app.observability.context import V2
 
 router = APIRouter(prefix="/v2/repository", tags=["v2 (Open Inference Protocol)"],
-                   route_class=LeanRoute)
+                   route_class=route_class(V2, Access.ADMIN))
+ADMIN_ERRORS = (400, 401, 403, 404, 409, 413)
 
 
-async def _body(request: Request) -> dict:
-    raw = await read_body(request)
+async def _options(request: Request) -> dict[str, Any]:
+    """The request's JSON object (an empty body is {})."""
+    raw = await body.read_body(request, app_state(request).settings.max_body_bytes)
     if not raw.strip():
         return {}
     try:
-        body = orjson.loads(raw)
+        options = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise InvalidInput("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("request body must be a JSON object")
-    return body
-
-
-ADMIN_ERRORS = (400, 401, 403, 404, 409)
+        raise MalformedBody("request body is not valid JSON") from None
+    if not isinstance(options, dict):
+        raise InvalidRequest("body", "must be a JSON object")
+    return options
 
 
 @router.post("/index", response_model=list[schemas.RepositoryIndexEntry],
              summary="Every model and version in the repository and its state",
-             **documented(*ADMIN_ERRORS))
-@v2_errors
+             **openapi(statuses=ADMIN_ERRORS, error_model=schemas.ErrorResponse))
 async def index(request: Request) -> Response:
-    await require_admin(request)
-    body = await _body(request)
-    entries = [{"name": e["name"], "version": str(e["version"]) if e["version"] else None,
-                "state": e["state"].upper(), "reason": e["reason"] or ""}
-               for e in app_state(request).registry.index()]
-    if body.get("ready"):
-        entries = [e for e in entries if e["state"] == "READY"]
-    return json_response(entries)
-
-
-async def _change(request: Request, load: bool) -> Response:
-    await require_admin(request)
-    state = app_state(request)
-    name, _ = name_version(request)
-    await _body(request)
-    reg = state.registry
-    rec = await (reg.load(name) if load else reg.unload(name))
-    if load and rec.route is None:
-        return error(400, f"failed to load {name!r}: {rec.error or rec.status}")
-    return json_response({})
+    options = await _options(request)
+    return json_response(repository_index(app_state(request).dataplane,
+                                          bool(options.get("ready"))))
 
 
 @router.post("/models/{name}/load", summary="Load the model (its version policy afresh)",
-             **documented(*ADMIN_ERRORS, path=("name",)))
-@v2_errors
+             **openapi([NAME_DOC], statuses=ADMIN_ERRORS, error_model=schemas.ErrorResponse))
 async def load(request: Request) -> Response:
-    return await _change(request, load=True)
+    name = params.model_name(request.path_params["name"])
+    await _options(request)
+    await app_state(request).dataplane.load(name)
+    return json_response({})
 
 
 @router.post("/models/{name}/unload", summary="Drain and unload every version of the model",
-             **documented(*ADMIN_ERRORS, path=("name",)))
-@v2_errors
+             **openapi([NAME_DOC], statuses=ADMIN_ERRORS, error_model=schemas.ErrorResponse))
 async def unload(request: Request) -> Response:
-    return await _change(request, load=False)
+    name = params.model_name(request.path_params["name"])
+    await _options(request)
+    await app_state(request).dataplane.unload(name)
+    return json_response({})

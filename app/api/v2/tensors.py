@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from app.errors import InvalidInput
-from app.serving.model import InferenceResult, LoadedModel
+from app.serving.model import InferenceResult
+from app.serving.views import ServedVersion
 
 PLATFORM = "onnxruntime_onnx"
 NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
@@ -121,22 +122,22 @@ def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> Tens
     return Tensor(name, datatype, list(shape), array)
 
 
-def signature(model: LoadedModel) -> tuple[list[tuple[str, str, list[int]]],
-                                           list[tuple[str, str, list[int]]]]:
+def signature(model: ServedVersion) -> tuple[list[tuple[str, str, list[int]]],
+                                             list[tuple[str, str, list[int]]]]:
     """(inputs, outputs) as (name, datatype, shape), -1 for a variable dimension."""
-    m = model.manifest
-    if m.kind == "text-classification":
+    if model.kind == "text-classification":
         inputs = [("text", "BYTES", [-1])]
     else:
-        inputs = [("features", "FP32", [-1, len(m.inputs.features or [])])]
-    if m.labels:
-        outputs = [("probabilities", "FP32", [-1, len(m.labels)]), ("label", "BYTES", [-1])]
+        inputs = [("features", "FP32", [-1, len(model.features or ())])]
+    if model.labels:
+        outputs = [("probabilities", "FP32", [-1, len(model.labels)]),
+                   ("label", "BYTES", [-1])]
     else:
         outputs = [("value", "FP32", [-1])]
     return inputs, outputs
 
 
-def to_inputs(model: LoadedModel, tensors: Sequence[Tensor]) -> list:
+def to_inputs(model: ServedVersion, tensors: Sequence[Tensor]) -> list[Any]:
     """The request's one tensor as the data plane's inputs (texts or rows)."""
     [(name, datatype, shape)] = signature(model)[0]
     if len(tensors) != 1 or tensors[0].name != name:

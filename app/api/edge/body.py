@@ -1,0 +1,77 @@
+"""Request bodies: read straight from ASGI within the size limit, parsed into a pydantic
+model in one step, and the client going away."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from app.api.edge.errors import InvalidRequest, MalformedBody, PayloadTooLarge
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
+CONTENT_LENGTH = b"content-length"
+
+
+class BodyLost(Exception):
+    """The client went away before its body was read."""
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body exceeds {limit} bytes", {"limit": limit})
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, at most `limit` bytes: refused by its Content-Length before a byte
+    is read, or as soon as what arrived passes the limit (a body without a length).
+    Straight from the ASGI messages: Starlette's `Request.body()` goes through an async
+    generator, a tenth of a small model's request time."""
+    for key, value in request.scope["headers"]:
+        if key == CONTENT_LENGTH:
+            if len(value) > 19 or not value.isdigit() or int(value) > limit:
+                raise _too_large(limit)
+            break
+    chunks, size = [], 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise BodyLost
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _field(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        p = str(part)
+        out += f"[{p}]" if isinstance(part, int) else (f".{p}" if out else p)
+    return out or "body"
+
+
+def parse(raw: bytes, model: type[BodyT]) -> BodyT:
+    """`raw` as `model` (pydantic-core straight from the bytes). Invalid JSON is
+    MalformedBody; JSON of the wrong shape is InvalidRequest naming every field."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        details = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "")}
+                   for e in errors]
+        if any(e.get("type") == "json_invalid" for e in errors):
+            raise MalformedBody("request body is not valid JSON", details) from None
+        first = details[0] if details else {"field": "body", "message": "invalid"}
+        raise InvalidRequest(first["field"], first["message"], details) from None
+
+
+async def client_gone(request: Request) -> None:
+    """Resolves when the client disconnects (the body has already been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
