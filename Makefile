@@ -36,10 +36,12 @@ serve: install
 test: install
 	scripts/system-deps.sh
 	$(BIN)/ruff check app training tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check app training tests bench
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m bench run
