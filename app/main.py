@@ -6,8 +6,8 @@ import asyncio
 import gc
 import inspect
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -71,16 +71,10 @@ def _telemetry(enabled: bool) -> dict:
                           "operation_spans": enabled}}
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    configure_logging(settings.log_level, settings.log_format)
-    metrics = Metrics()
-    registry = ModelRegistry(settings, metrics)
-    drain = Drain()
-    gate = Gate(KeyStore(settings.api_keys, settings.api_keys_file),
-                KeyStore(settings.admin_keys), build_limiter(settings, metrics), drain)
-    state = AppState(settings, metrics, DataPlane(registry, settings.explain_max_concurrent),
-                     drain, gate, exempt_paths=frozenset(settings.auth_exempt_paths))
+def _lifespan(state: AppState, registry: ModelRegistry
+              ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start: load the models, the gRPC server, the SIGTERM drain. Stop: drain and close."""
+    settings, drain = state.settings, state.drain
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,9 +103,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await registry.drain()
         await registry.close()
 
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    metrics = Metrics()
+    registry = ModelRegistry(settings, metrics)
+    drain = Drain()
+    gate = Gate(KeyStore(settings.api_keys, settings.api_keys_file),
+                KeyStore(settings.admin_keys), build_limiter(settings, metrics), drain)
+    state = AppState(settings, metrics, DataPlane(registry, settings.explain_max_concurrent),
+                     drain, gate, exempt_paths=frozenset(settings.auth_exempt_paths))
     app = FastAPI(title="ortserve", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None,
-                  **_telemetry(settings.otel))
+                  lifespan=_lifespan(state, registry), openapi_url=None, docs_url=None,
+                  redoc_url=None, **_telemetry(settings.otel))
     install_fallback_handlers(app)
     for r in (predict.router, explain.router, models.router, health.router, metrics_api.router,
               repository.router, v2_rest.health, v2_rest.router, v2_repository.router,

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -113,6 +113,17 @@ class InferenceResult:
     inference_s: float
 
 
+@dataclass(slots=True)
+class _ExplainWork:
+    """The model inputs of one explain request: per input (players, plan, how many model
+    inputs it takes), then all of them in order with their costs."""
+
+    items: list[tuple[Any, Any, int]] = field(default_factory=list)
+    payloads: list[Any] = field(default_factory=list)
+    costs: list[int] = field(default_factory=list)
+    evaluations: int = 0
+
+
 class LoadedModel:
     """One version of one model, ready to serve: source, pipeline, session and queue."""
 
@@ -172,13 +183,7 @@ class LoadedModel:
             guard = _Guard(job, timeout_s, client_gone,
                            WATCH_AFTER_S if self.queue.runs_inline else 0.0)
             try:
-                outputs = await job.future
-            except ServingError:
-                raise
-            except Exception as exc:
-                log.exception("model %s version %s: batch failed", self.name, self.version)
-                raise InferenceFailed(f"model {self.name} failed on this batch: "
-                                      f"{type(exc).__name__}: {exc}") from exc
+                outputs = await self._outputs(job, "batch")
             finally:
                 guard.cancel()
             outcome = "success"
@@ -195,8 +200,36 @@ class LoadedModel:
             if self._inflight == 0:
                 self._idle.set()
 
+    async def _outputs(self, job: Job, what: str) -> Sequence[Any]:
+        """The outputs of a submitted job; a failure of the model itself (not a domain
+        error such as a deadline) is logged and answered as InferenceFailed."""
+        try:
+            return await job.future
+        except ServingError:
+            raise
+        except Exception as exc:
+            log.exception("model %s version %s: %s failed", self.name, self.version, what)
+            raise InferenceFailed(f"model {self.name} failed on this {what}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+
+    def _plan_explanations(self, explainer: Explainer, inputs: Sequence[Any],
+                           options: ExplainOptions) -> _ExplainWork:
+        """Every input's players and coalitions, and the model inputs they need."""
+        budget = explainer.check(inputs, options)
+        payloads, _ = self.pipeline.preprocess(inputs)
+        work = _ExplainWork()
+        for raw, payload in zip(inputs, payloads, strict=True):
+            players = explainer.players(raw, payload)
+            plan = explainer.plan(players, budget, options)
+            batch = players.payloads(plan.masks)
+            work.items.append((players, plan, len(batch)))
+            work.payloads += batch
+            work.costs += [self.pipeline.cost(batch[0])] * len(batch)  # masking keeps length
+            work.evaluations += len(batch) * players.per_coalition
+        return work
+
     async def explain(self, inputs: Sequence[Any], options: ExplainOptions, timeout_s: float,
-                      client_gone: ClientGone | None = None) -> list[dict]:
+                      client_gone: ClientGone | None = None) -> list[dict[str, Any]]:
         """Shapley values of the model's output for each input (app/explain/). The
         coalitions of every input go to the batch queue as one job in its low-priority
         lane, so predictions never wait behind them; the deadline and a client leaving drop
@@ -212,32 +245,14 @@ class LoadedModel:
             if self.explainer is None:
                 raise NotExplainable(f"model {self.name} version {self.version} cannot be "
                                      f"explained: {self.explain_error or 'no explainer'}")
-            budget = self.explainer.check(inputs, options)
-            payloads, _ = self.pipeline.preprocess(inputs)
-            work, coalition_inputs, costs, evaluations = [], [], [], 0
-            for raw, payload in zip(inputs, payloads, strict=True):
-                players = self.explainer.players(raw, payload)
-                plan = self.explainer.plan(players, budget, options)
-                batch = players.payloads(plan.masks)
-                work.append((players, plan, len(batch)))
-                coalition_inputs += batch
-                costs += [self.pipeline.cost(batch[0])] * len(batch)  # masking keeps length
-                evaluations += len(batch) * players.per_coalition
-            job = self.queue.submit_low(coalition_inputs, costs)
+            work = self._plan_explanations(self.explainer, inputs, options)
+            job = self.queue.submit_low(work.payloads, work.costs)
             guard = _Guard(job, timeout_s, client_gone, 0.0)
-            try:
-                outputs = np.asarray(await job.future)
-            except ServingError:
-                raise
-            except Exception as exc:
-                log.exception("model %s version %s: explanation batch failed", self.name,
-                              self.version)
-                raise InferenceFailed(f"model {self.name} failed on an explanation batch: "
-                                      f"{type(exc).__name__}: {exc}") from exc
+            outputs = np.asarray(await self._outputs(job, "explanation batch"))
             if self.explain_observer is not None:
-                self.explain_observer.evaluated(evaluations)
+                self.explain_observer.evaluated(work.evaluations)
             results, start = [], 0
-            for players, plan, count in work:
+            for players, plan, count in work.items:
                 results.append(self.explainer.attribute(
                     players, plan, outputs[start:start + count], options))
                 start += count
