@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from pathlib import Path
 def _serve(a: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.settings import Settings, resolved_workers
+    from app.security import posture
+    from app.settings import SettingsError, load_settings, resolved_workers
 
     # Flags become environment variables so that every worker process builds the same
     # settings through the app factory.
@@ -23,7 +25,12 @@ def _serve(a: argparse.Namespace) -> int:
     for key, value in flags.items():
         if value is not None:
             os.environ[f"ORTSERVE_{key.upper()}"] = str(value)
-    settings = Settings()
+    try:
+        settings = load_settings()
+        posture.check(settings)
+    except (SettingsError, posture.UnsafeSettings) as exc:
+        print(f"ortserve: {exc}", file=sys.stderr)
+        return 2
     workers = resolved_workers(settings)
     # uvicorn re-raises SIGTERM after its graceful shutdown; exit 0 then, as a drained
     # service should.
@@ -37,6 +44,8 @@ def _serve(a: argparse.Namespace) -> int:
                 log_level=settings.log_level, access_log=False,
                 timeout_graceful_shutdown=settings.shutdown_grace_s,
                 ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
+                ssl_ca_certs=settings.ssl_ca_certs,
+                ssl_cert_reqs=ssl.CERT_REQUIRED if settings.ssl_ca_certs else ssl.CERT_NONE,
                 limit_concurrency=None, backlog=2048)
     return 0
 

@@ -28,12 +28,13 @@ from app.api.v2 import rest as v2_rest
 from app.observability.logs import configure_logging
 from app.observability.metrics import Metrics
 from app.runtime.session import DeviceError
+from app.security import posture
 from app.security.keys import KeyStore
-from app.security.ratelimit import build_limiter
+from app.security.ratelimit import AddressThrottle, build_limiter
 from app.server import install_drain_handler
 from app.serving.dataplane import DataPlane
 from app.serving.registry import ModelRegistry
-from app.settings import Settings
+from app.settings import Settings, load_settings
 
 log = logging.getLogger("ortserve")
 UI_DIR = Path(__file__).resolve().parent / "ui"  # the playground (README "Explanations")
@@ -106,24 +107,41 @@ def _lifespan(state: AppState, registry: ModelRegistry
     return lifespan
 
 
+def _gate(settings: Settings, metrics: Metrics, drain: Drain) -> Gate:
+    """Keys, rate limits and the failed-authentication throttle, as the settings say."""
+    minimum = settings.min_key_length
+    return Gate(
+        KeyStore(settings.api_keys, settings.api_keys_file, min_length=minimum),
+        KeyStore(settings.admin_keys, min_length=minimum), drain, metrics,
+        limiter=build_limiter(settings, metrics),
+        admin_limiter=build_limiter(settings, metrics, settings.admin_rate_limit_per_s,
+                                    settings.admin_rate_limit_burst, "ortserve:adminlimit:"),
+        throttle=AddressThrottle(settings.auth_failures_per_minute)
+        if settings.auth_failures_per_minute > 0 else None)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    for warning in posture.check(settings):  # UnsafeSettings stops the start
+        log.warning("security: %s", warning)
+    log.info("security: %s", posture.describe(settings))
     metrics = Metrics()
     registry = ModelRegistry(settings, metrics)
     drain = Drain()
-    gate = Gate(KeyStore(settings.api_keys, settings.api_keys_file),
-                KeyStore(settings.admin_keys), build_limiter(settings, metrics), drain)
     state = AppState(settings, metrics, DataPlane(registry, settings.explain_max_concurrent),
-                     drain, gate, exempt_paths=frozenset(settings.auth_exempt_paths))
+                     drain, _gate(settings, metrics, drain),
+                     exempt_paths=frozenset(settings.auth_exempt_paths) - (
+                         {"/metrics"} if settings.metrics_require_key else set()))
     app = FastAPI(title="ortserve", version=__version__, description=DESCRIPTION,
                   lifespan=_lifespan(state, registry), openapi_url=None, docs_url=None,
                   redoc_url=None, **_telemetry(settings.otel))
     install_fallback_handlers(app)
     for r in (predict.router, explain.router, models.router, health.router, metrics_api.router,
-              repository.router, v2_rest.health, v2_rest.router, v2_repository.router,
-              docs.router):
+              repository.router, v2_rest.health, v2_rest.router, v2_repository.router):
         app.include_router(r)
+    if settings.docs:
+        app.include_router(docs.router)
     if settings.ui:
         # the playground: static files that call the public API (which asks for the key)
         app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -136,6 +136,15 @@ class Settings(BaseSettings):
         16, ge=1, description="Most explanation inputs in one model run of a text model's "
                               "low-priority lane (small batches keep a prediction's wait "
                               "for a running explanation batch short).")
+    explain_max_queued: int = Field(
+        32768, ge=1, description="Most model inputs waiting in one model's low-priority lane "
+                                 "(explanations' coalitions; a text's takes up to 1 KB); an "
+                                 "explanation that would pass it gets 503 with Retry-After.")
+    explain_evaluations_per_token: int = Field(
+        256, ge=1, description="With a rate limit, an explain request takes one token per "
+                               "this many model evaluations it may spend (inputs x its "
+                               "evaluation budget), on top of its own token; one whose cost "
+                               "exceeds the burst gets 429 at once.")
     ui: bool = Field(True, description="Serve the playground page at /ui (static files that "
                                        "use the public API only).")
 
@@ -155,8 +164,12 @@ class Settings(BaseSettings):
                                           "providers; off, it costs nothing per request.")
     shutdown_grace_s: float = Field(30.0, gt=0, description="On SIGTERM, most seconds to "
                                                             "finish accepted work before exit.")
-    ssl_certfile: str | None = Field(None, description="TLS certificate (PEM) for uvicorn.")
-    ssl_keyfile: str | None = Field(None, description="TLS private key (PEM) for uvicorn.")
+    ssl_certfile: str | None = Field(
+        None, description="TLS certificate (PEM): HTTPS, and TLS on the gRPC port too.")
+    ssl_keyfile: str | None = Field(None, description="TLS private key (PEM) of ssl_certfile.")
+    ssl_ca_certs: str | None = Field(
+        None, description="Client CA certificates (PEM): with TLS on, every client must "
+                          "present a certificate they signed (mutual TLS), on HTTPS and gRPC.")
     drain_delay_s: float = Field(
         5.0, ge=0, description="On SIGTERM, readiness turns 503 at once and new work is still "
                                "accepted for this long (for load balancers to notice).")
@@ -166,20 +179,41 @@ class Settings(BaseSettings):
 
     # Auth
     admin_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Keys for the repository API (/repository/*), "
+        default_factory=list, description="Keys for the repository APIs (/repository/*, "
+                                          "/v2/repository/*, the gRPC repository RPCs), "
                                           "comma-separated, distinct from api_keys; empty: "
-                                          "that API answers 403 and changes nothing.")
+                                          "those APIs answer 403 and change nothing.")
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Accepted API keys (comma-separated); empty "
-                                          "disables auth unless api_keys_file is set.")
+        default_factory=list, description="Accepted API keys (comma-separated). Unset, with "
+                                          "no api_keys_file: no key is asked for, which "
+                                          "`ortserve serve` allows on a loopback address "
+                                          "only (see allow_unauthenticated); set but empty "
+                                          "is an error.")
     api_keys_file: Path | None = Field(
         None, description="File with one API key per line; re-read when it changes "
                           "(rotation without restart).")
+    allow_unauthenticated: bool = Field(
+        False, description="Serve without API keys on a non-loopback address (logged as a "
+                           "warning at every start). Without it, `ortserve serve` refuses "
+                           "to start on such an address when no key is configured.")
+    min_key_length: int = Field(
+        16, ge=8, description="Shortest API or admin key accepted: a shorter one in the "
+                              "settings stops the start; in a key file it is ignored with "
+                              "an error in the log.")
     auth_exempt_paths: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["/health/live", "/health/ready", "/v2/health/live",
-                                 "/v2/health/ready", "/metrics", "/docs", "/openapi.json",
-                                 "/redoc"],
-        description="Paths served without a key (comma-separated).")
+        default_factory=lambda: ["/metrics", "/docs", "/openapi.json", "/redoc"],
+        description="Paths of the service's own routes served without a key "
+                    "(comma-separated); health checks never need one.")
+    metrics_require_key: bool = Field(
+        False, description="GET /metrics needs an API key even when auth_exempt_paths "
+                           "lists it.")
+    docs: bool = Field(True, description="Serve the API documentation: /docs, /redoc and "
+                                         "/openapi.json.")
+    auth_failures_per_minute: float = Field(
+        30.0, ge=0, description="Failed authentications (missing or wrong key) allowed per "
+                                "client address and minute, in bursts of as many; past "
+                                "that, the address gets 429 with Retry-After on every call "
+                                "that needs a key. 0: no limit.")
     rate_limit_per_s: float = Field(0.0, ge=0, description="Per-key requests per second "
                                                            "(token bucket); 0 disables.")
     rate_limit_burst: int = Field(20, ge=1, description="Per-key bucket size.")
@@ -190,6 +224,11 @@ class Settings(BaseSettings):
     rate_limit_fail_open: bool = Field(
         True, description="When Redis cannot be reached: allow requests (true) or refuse "
                           "them with 503 (false); either way a metric and a log line.")
+    admin_rate_limit_per_s: float = Field(
+        5.0, ge=0, description="Per admin key: repository API calls per second (token "
+                               "bucket of admin_rate_limit_burst); 0 disables.")
+    admin_rate_limit_burst: int = Field(20, ge=1, description="Per admin key bucket size.")
+
 
     @field_validator("model_variant", mode="before")
     @classmethod
@@ -199,6 +238,21 @@ class Settings(BaseSettings):
     def variant_for(self, model: str) -> str:
         """`auto`, `manifest` or a variant name for this model."""
         return self.model_variant.get(model, self.model_variant.get("*", "auto"))
+
+    @model_validator(mode="after")
+    def _keys(self) -> Settings:
+        if "api_keys" in self.model_fields_set and not self.api_keys:
+            raise ValueError("ORTSERVE_API_KEYS is set but lists no key; list keys, or unset "
+                             "it (and set ORTSERVE_ALLOW_UNAUTHENTICATED=true to serve "
+                             "without keys on a non-loopback address)")
+        for setting in ("api_keys", "admin_keys"):
+            short = [k for k in getattr(self, setting) if len(k) < self.min_key_length]
+            if short:
+                raise ValueError(f"ORTSERVE_{setting.upper()}: {len(short)} key(s) shorter "
+                                 f"than {self.min_key_length} characters "
+                                 "(ORTSERVE_MIN_KEY_LENGTH); generate one with "
+                                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        return self
 
     @field_validator("models", "cors_origins", "api_keys", "admin_keys", "auth_exempt_paths",
                      mode="before")
@@ -240,3 +294,20 @@ def resolved_intra_op_threads(settings: Settings) -> int:
     oversubscribe the CPU."""
     return settings.intra_op_threads or max(
         1, cpu_count() // (resolved_workers(settings) * resolved_instances(settings)))
+
+
+class SettingsError(ValueError):
+    """Settings that cannot serve; the message names each setting and why, never a value
+    (keys are settings)."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment (and `overrides`), or SettingsError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for e in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(p) for p in e["loc"])
+            lines.append(f"ORTSERVE_{where.upper()}: {e['msg']}" if where else e["msg"])
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -1,22 +1,25 @@
 """The edge every protocol shares (app/api/edge/): one version parser, one readiness rule,
 one key matcher and one error table per protocol, asked the same question over /predict's
-API, the Open Inference Protocol over HTTP, and over gRPC (a real server process, the
-generated gRPC stubs)."""
+API, the Open Inference Protocol over HTTP, and over gRPC (real server processes; gRPC
+through the messages and stub of Triton's own client, `tritonclient.grpc`)."""
 
 from __future__ import annotations
 
 import inspect
+import signal
 from urllib.parse import quote
 
 import grpc
 import httpx
 import pytest
+import tritonclient.grpc.service_pb2 as pb_messages
+import tritonclient.grpc.service_pb2_grpc as pb_grpc
 
 from app.api.edge import errors as edge_errors
 from app.api.edge.errors import GRPC_STATUS, V1_STATUS, V2_STATUS
 from app.errors import ServingError
 from tests.builders import build_repository
-from tests.servers import ServiceProcess, free_port
+from tests.servers import ServiceProcess, free_port, wait_until
 
 KEY = "predict-key-0123456789"
 ADMIN = "admin-key-0123456789"
@@ -35,8 +38,6 @@ def service(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stub(service):
-    from app.api.v2.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
-
     channel = grpc.insecure_channel(service.grpc)
     yield pb_grpc.GRPCInferenceServiceStub(channel)
     channel.close()
@@ -44,9 +45,7 @@ def stub(service):
 
 @pytest.fixture(scope="module")
 def pb():
-    from app.api.v2.grpc import grpc_predict_v2_pb2
-
-    return grpc_predict_v2_pb2
+    return pb_messages
 
 
 def _http(service, method: str, path: str, key: str | None = KEY, **kw) -> httpx.Response:
@@ -131,36 +130,46 @@ def test_one_key_matcher_for_every_protocol(service, stub, pb):
 
 
 
-@pytest.mark.anyio
-async def test_one_readiness_rule_for_every_protocol(make_client, tmp_path):
+def _ready_everywhere(svc) -> tuple[int, int, bool, bool]:
+    with grpc.insecure_channel(svc.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        server = stub.ServerReady(pb_messages.ServerReadyRequest(), timeout=30).ready
+        model = stub.ModelReady(pb_messages.ModelReadyRequest(name="tabular"),
+                                timeout=30).ready
+    return (httpx.get(f"{svc.url}/health/ready", timeout=30).status_code,
+            httpx.get(f"{svc.url}/v2/health/ready", timeout=30).status_code, server, model)
+
+
+def test_one_readiness_rule_for_every_protocol(tmp_path):
     """No models, or draining: /health/ready, /v2/health/ready, gRPC ServerReady and
     ModelReady all say not ready (the v2 and gRPC copies once ignored both)."""
-    from app.api.v2.grpc import grpc_predict_v2_pb2 as pb
-    from app.api.v2.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
-
-    async def ready_everywhere(client, port: int) -> tuple[int, int, bool, bool]:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            server = (await stub.ServerReady(pb.ServerReadyRequest())).ready
-            model = (await stub.ModelReady(pb.ModelReadyRequest(name="tabular"))).ready
-        return ((await client.get("/health/ready")).status_code,
-                (await client.get("/v2/health/ready")).status_code, server, model)
-
     empty = tmp_path / "empty"
     empty.mkdir()
     port = free_port()
-    client = await make_client(root=empty, grpc_port=port)
-    r = await client.get("/health/ready")
-    assert r.json()["not_ready"] == {"service": "no models configured or found"}
-    assert await ready_everywhere(client, port) == (503, 503, False, False)
+    svc = ServiceProcess(empty, tmp_path / "empty.log", ORTSERVE_GRPC_PORT=str(port))
+    svc.grpc = f"127.0.0.1:{port}"
+    try:  # never ready: wait until it answers at all
+        wait_until(lambda: httpx.get(f"{svc.url}/health/live").status_code == 200, 60,
+                   "liveness")
+        r = httpx.get(f"{svc.url}/health/ready", timeout=30)
+        assert r.json()["not_ready"] == {"service": "no models configured or found"}
+        assert _ready_everywhere(svc) == (503, 503, False, False)
+    finally:
+        svc.terminate()
 
     port = free_port()
-    client = await make_client(grpc_port=port)
-    assert await ready_everywhere(client, port) == (200, 200, True, True)
-    assert (await client.get("/v2/models/tabular/ready")).status_code == 200
-    client.app.state.ortserve.drain.begin()
-    assert await ready_everywhere(client, port) == (503, 503, False, False)
-    assert (await client.get("/v2/models/tabular/ready")).status_code == 503
+    svc = ServiceProcess(build_repository(tmp_path / "models"), tmp_path / "log",
+                         ORTSERVE_GRPC_PORT=str(port), ORTSERVE_DRAIN_DELAY_S="60")
+    svc.grpc = f"127.0.0.1:{port}"
+    with svc:
+        assert _ready_everywhere(svc) == (200, 200, True, True)
+        assert httpx.get(f"{svc.url}/v2/models/tabular/ready").status_code == 200
+        svc.proc.send_signal(signal.SIGTERM)  # draining for 60 s: work still accepted
+        wait_until(lambda: httpx.get(f"{svc.url}/health/ready").status_code == 503, 30,
+                   "readiness turning 503")
+        assert _ready_everywhere(svc) == (503, 503, False, False)
+        assert httpx.get(f"{svc.url}/v2/models/tabular/ready").status_code == 503
+        svc.proc.send_signal(signal.SIGTERM)  # a second SIGTERM stops at once
 
 
 def _serving_errors() -> list[type[ServingError]]:

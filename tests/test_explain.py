@@ -212,7 +212,8 @@ async def test_text_attributions_are_complete_per_word_with_offsets(make_client,
 
 
 async def test_sampled_text_explanation_is_complete_and_within_its_error(make_client, root):
-    client = await make_client(root, explain_max_evaluations=2 ** 16)
+    client = await make_client(root, explain_max_evaluations=2 ** 16,
+                               explain_max_queued=2 ** 16)
     text = "the movie was good but the phone is awful and i hate this sad day ok"
     exact = (await explain(client, "sentiment", [text], method="exact",
                            max_evaluations=2 ** 16))["explanations"][0]

@@ -15,7 +15,8 @@ from tests.servers import metric_value
 
 pytestmark = pytest.mark.anyio
 ROW = [0.5, -1.0, 2.0, 0.25]
-ADMIN = {"Authorization": "Bearer admin-secret"}
+ADMIN_KEY, PREDICT_KEY = "admin-secret-0123456789", "predict-key-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 async def _predict(client, version: int | None = None, model: str = "tabular") -> dict:
@@ -66,8 +67,8 @@ async def test_repository_api_needs_the_admin_key(make_client):
     r = await closed.post("/repository/models/tabular/unload", headers=ADMIN)
     assert r.status_code == 403 and "ORTSERVE_ADMIN_KEYS" in r.json()["error"]["message"]
     assert (await _predict(closed))["version"] == 1
-    client = await make_client(admin_keys="admin-secret", api_keys="predict-key")
-    r = await client.get("/repository/index", headers={"Authorization": "Bearer predict-key"})
+    client = await make_client(admin_keys=ADMIN_KEY, api_keys=PREDICT_KEY)
+    r = await client.get("/repository/index", headers={"Authorization": f"Bearer {PREDICT_KEY}"})
     assert r.status_code == 403
     r = await client.post("/predict", json={"inputs": ["good"]}, headers=ADMIN)
     assert r.status_code == 403  # the admin key is not a predict key
@@ -76,7 +77,7 @@ async def test_repository_api_needs_the_admin_key(make_client):
 
 async def test_load_a_version_routes_to_it_until_the_next_load(make_client, repo):
     add_rows_model(repo, "tabular", classifier=True, version=2)
-    client = await make_client(admin_keys="admin-secret")
+    client = await make_client(admin_keys=ADMIN_KEY)
     r = await client.post("/repository/models/tabular/load", json={"version": 1},
                           headers=ADMIN)
     assert r.status_code == 200, r.text
@@ -97,7 +98,7 @@ async def test_load_a_version_routes_to_it_until_the_next_load(make_client, repo
 
 async def test_unload_a_version_then_the_model(make_client, repo):
     add_rows_model(repo, "tabular", classifier=True, version=2)
-    client = await make_client(admin_keys="admin-secret",
+    client = await make_client(admin_keys=ADMIN_KEY,
                                version_policy={"tabular": "latest:2"})
     r = await client.post("/repository/models/tabular/unload", json={"version": 2},
                           headers=ADMIN)
@@ -137,7 +138,7 @@ def _bad_manifest(folder):
     (lambda repo: add_unrunnable_model(repo, "tabular", 2), "warmup", "warm-up failed"),
 ])
 async def test_a_failed_load_changes_nothing(make_client, repo, make_bad, reason, words):
-    client = await make_client(admin_keys="admin-secret")
+    client = await make_client(admin_keys=ADMIN_KEY)
     before = await _predict(client)
     make_bad(repo)
     r = await client.post("/repository/models/tabular/load", json={"version": 2},
@@ -161,7 +162,7 @@ async def test_a_failed_load_changes_nothing(make_client, repo, make_bad, reason
 
 async def test_a_load_over_the_memory_budget_is_refused(make_client, repo):
     add_rows_model(repo, "tabular", classifier=True, version=2, hidden=2048)  # 16 MB
-    client = await make_client(admin_keys="admin-secret", version_policy={"tabular": [1]})
+    client = await make_client(admin_keys=ADMIN_KEY, version_policy={"tabular": [1]})
     # the budget leaves 8 MB above what the process uses once started
     client.app.state.ortserve.settings.memory_budget_mb = int(rss_mb()) + 8
     r = await client.post("/repository/models/tabular/load", json={"version": 2},
@@ -177,7 +178,7 @@ async def test_unloading_returns_memory(make_client, repo):
     # 8,192 x 8,192 float32 weights: a 256 MB version
     add_rows_model(repo, "big", classifier=True, version=1, hidden=8192)
     # host memory is what is measured: the CPU provider, also on a machine with a GPU
-    client = await make_client(admin_keys="admin-secret", models=["tabular"], device="cpu")
+    client = await make_client(admin_keys=ADMIN_KEY, models=["tabular"], device="cpu")
     gc.collect()
     before = rss_mb()
     r = await client.post("/repository/models/big/load", headers=ADMIN)
@@ -195,7 +196,7 @@ async def test_unloading_returns_memory(make_client, repo):
 
 async def test_deleting_the_newest_folder_rolls_back_on_load(make_client, repo):
     add_rows_model(repo, "tabular", classifier=True, version=2)
-    client = await make_client(admin_keys="admin-secret")
+    client = await make_client(admin_keys=ADMIN_KEY)
     assert (await _predict(client))["version"] == 2
     shutil.rmtree(repo / "tabular" / "2")
     r = await client.post("/repository/models/tabular/load", headers=ADMIN)
@@ -216,7 +217,7 @@ async def _until(check, timeout: float = 20.0) -> None:
 async def test_polling_never_notices_a_half_copied_folder(make_client, repo, tmp_path):
     import asyncio
 
-    client = await make_client(admin_keys="admin-secret", repository_poll_s=0.1)
+    client = await make_client(admin_keys=ADMIN_KEY, repository_poll_s=0.1)
     source = add_rows_model(tmp_path / "elsewhere", "tabular", classifier=True, version=2)
     target = repo / "tabular" / "2"
     target.mkdir()
@@ -237,7 +238,7 @@ async def test_polling_counts_a_broken_version_once_and_retries_when_it_changes(
                                                                                  repo):
     import asyncio
 
-    client = await make_client(admin_keys="admin-secret", repository_poll_s=0.05)
+    client = await make_client(admin_keys=ADMIN_KEY, repository_poll_s=0.05)
     folder = add_rows_model(repo, "tabular", classifier=True, version=2)
     good = (folder / "model.onnx").read_bytes()
     _corrupt(folder)
@@ -262,7 +263,7 @@ def test_with_several_workers_the_api_refuses_changes_that_would_reach_one(repo,
 
     from tests.servers import ServiceProcess
 
-    svc = ServiceProcess(repo, tmp_path / "log", workers=2, ORTSERVE_ADMIN_KEYS="admin-secret",
+    svc = ServiceProcess(repo, tmp_path / "log", workers=2, ORTSERVE_ADMIN_KEYS=ADMIN_KEY,
                          PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
     try:
         svc.wait_ready()
@@ -280,7 +281,7 @@ async def test_warm_up_leaves_no_arena_behind(make_client, repo):
     activations in ONNX Runtime's CPU arena) is handed back once warm-up is done."""
     add_rows_model(repo, "wide", classifier=True, version=1, hidden=512,
                    batching={"max_batch_size": 32768})
-    client = await make_client(admin_keys="admin-secret", models=["tabular"], device="cpu")
+    client = await make_client(admin_keys=ADMIN_KEY, models=["tabular"], device="cpu")
     gc.collect()
     before = rss_mb()
     r = await client.post("/repository/models/wide/load", headers=ADMIN)

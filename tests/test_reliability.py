@@ -111,14 +111,15 @@ async def test_header_cannot_raise_the_server_deadline(make_client, repo):
 
 async def test_api_keys(make_client, tmp_path, capsys):
     keyfile = tmp_path / "keys"
-    keyfile.write_text("file-key-1\n")
-    client = await make_client(api_keys="alpha,beta", api_keys_file=keyfile)
+    keyfile.write_text("file-key-1-0123456789\n")
+    client = await make_client(api_keys="alpha-key-0123456789,beta-key-0123456789",
+                               api_keys_file=keyfile)
     body = {"inputs": ["good"]}
     r = await client.post("/predict", json=body)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     r = await client.post("/predict", json=body, headers={"Authorization": "Bearer nope"})
     assert r.status_code == 403
-    for key in ("alpha", "beta", "file-key-1"):
+    for key in ("alpha-key-0123456789", "beta-key-0123456789", "file-key-1-0123456789"):
         r = await client.post("/predict", json=body, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200, key
     assert (await client.get("/health/ready")).status_code == 200  # exempt
@@ -127,11 +128,11 @@ async def test_api_keys(make_client, tmp_path, capsys):
     import os
     import time
 
-    keyfile.write_text("file-key-2\n")
+    keyfile.write_text("file-key-2-0123456789\n")
     os.utime(keyfile, (time.time() + 5, time.time() + 5))
     await asyncio.sleep(1.1)
-    h1 = {"Authorization": "Bearer file-key-1"}
-    h2 = {"Authorization": "Bearer file-key-2"}
+    h1 = {"Authorization": "Bearer file-key-1-0123456789"}
+    h2 = {"Authorization": "Bearer file-key-2-0123456789"}
     assert (await client.post("/predict", json=body, headers=h1)).status_code == 403
     assert (await client.post("/predict", json=body, headers=h2)).status_code == 200
     logs = capsys.readouterr().err
@@ -139,8 +140,9 @@ async def test_api_keys(make_client, tmp_path, capsys):
 
 
 async def test_rate_limit_per_key(make_client):
-    client = await make_client(api_keys="k1,k2", rate_limit_per_s=0.5, rate_limit_burst=2)
-    h1, h2 = {"Authorization": "Bearer k1"}, {"Authorization": "Bearer k2"}
+    k1, k2 = "key-one-0123456789", "key-two-0123456789"
+    client = await make_client(api_keys=f"{k1},{k2}", rate_limit_per_s=0.5, rate_limit_burst=2)
+    h1, h2 = {"Authorization": f"Bearer {k1}"}, {"Authorization": f"Bearer {k2}"}
     codes = [(await client.post("/predict", json={"inputs": ["good"]}, headers=h1)).status_code
              for _ in range(3)]
     assert codes == [200, 200, 429]

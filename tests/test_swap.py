@@ -9,7 +9,7 @@ from app.api.v1.codec import encode
 from tests.builders import add_rows_model, add_text_model
 from tests.servers import PredictLoad, ServiceProcess, wait_until
 
-ADMIN = {"Authorization": "Bearer admin-secret"}
+ADMIN = {"Authorization": "Bearer admin-secret-0123456789"}
 ROWS = [[0.5, -1.0, 2.0, 0.25], [3.0, 1.0, -2.0, 0.0]]
 TEXTS = ["good day", "awful movie", "the phone is fine"]
 CLIENTS = 16
@@ -47,7 +47,7 @@ def test_swapping_versions_through_the_api_fails_no_request(tmp_path):
     add_rows_model(repo, "tabular", classifier=True, version=2)
     # sentiment keeps both versions loaded (a swap is a route change); tabular serves the
     # latest, so each swap to version 1 loads it and each swap back unloads it
-    svc = ServiceProcess(repo, tmp_path / "log", ORTSERVE_ADMIN_KEYS="admin-secret",
+    svc = ServiceProcess(repo, tmp_path / "log", ORTSERVE_ADMIN_KEYS="admin-secret-0123456789",
                          ORTSERVE_VERSION_POLICY='{"sentiment": "all"}')
     try:
         svc.wait_ready()

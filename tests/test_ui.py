@@ -40,7 +40,7 @@ def service(tmp_path_factory):
         "outputs": {"name": "probabilities"}, "model_file": "model.onnx",
         "background_file": "background.json", "test_metrics": {"accuracy": 0.9}})
     svc = ServiceProcess(root, root.parent / "log", ORTSERVE_LOG_LEVEL="warning",
-                         ORTSERVE_API_KEYS="secret-key").wait_ready()
+                         ORTSERVE_API_KEYS="secret-key-0123456789").wait_ready()
     try:
         yield svc
     finally:
@@ -69,7 +69,7 @@ def test_the_page_is_served_without_a_key_and_the_api_still_asks_for_one(service
 def open_model(page, url: str, model: str, kind: str) -> None:
     """Load the page, give it the API key, pick `model` and wait for its card."""
     page.goto(f"{url}/ui/")
-    page.fill("#api-key", "secret-key")
+    page.fill("#api-key", "secret-key-0123456789")
     page.dispatch_event("#api-key", "change")
     page.wait_for_selector(f"#model option[value={model}]", state="attached")
     page.select_option("#model", model)
@@ -92,7 +92,7 @@ def test_type_a_text_click_and_read_the_label_and_the_shaded_words(service, page
     page.screenshot(path=str(ARTIFACTS / "playground-text.png"), full_page=True)
     # what the page shows is what the API answers
     api = httpx.post(f"{service.url}/models/sentiment/explain", json={"inputs": [text]},
-                     headers={"Authorization": "Bearer secret-key"}).json()
+                     headers={"Authorization": "Bearer secret-key-0123456789"}).json()
     e = api["explanations"][0]
     assert label == e["prediction"]["label"]
     assert [w[0] for w in words] == text.split()
@@ -124,7 +124,7 @@ def test_fill_a_row_and_read_the_feature_bars(service, page):
     page.screenshot(path=str(ARTIFACTS / "playground-rows.png"), full_page=True)
     api = httpx.post(f"{service.url}/models/rows/explain",
                      json={"inputs": [{"f0": 1.5, "f1": -2, "f2": 0.25, "f3": 3}]},
-                     headers={"Authorization": "Bearer secret-key"}).json()
+                     headers={"Authorization": "Bearer secret-key-0123456789"}).json()
     e = api["explanations"][0]
     assert page.inner_text("#label") == e["prediction"]["label"]
     expected = sorted(e["attributions"], key=lambda a: -abs(a["value"]))

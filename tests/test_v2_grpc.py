@@ -14,8 +14,9 @@ from tests.servers import ServiceProcess, free_port, predictions
 
 TEXTS = ["good great day", "awful sad movie"]
 ROWS = [[0.5, -1.0, 2.0, 0.25], [3.0, 1.0, -2.0, 0.0]]
-KEY = {"authorization": "Bearer predict-key"}
-ADMIN = {"authorization": "Bearer admin-secret"}
+PREDICT_KEY, ADMIN_KEY = "predict-key-0123456789", "admin-secret-0123456789"
+KEY = {"authorization": f"Bearer {PREDICT_KEY}"}
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def service(tmp_path_factory):
     add_slow_model(repo)
     port = free_port()
     with ServiceProcess(repo, root / "log", ORTSERVE_GRPC_PORT=str(port),
-                        ORTSERVE_API_KEYS="predict-key", ORTSERVE_ADMIN_KEYS="admin-secret",
+                        ORTSERVE_API_KEYS=PREDICT_KEY, ORTSERVE_ADMIN_KEYS=ADMIN_KEY,
                         ORTSERVE_VERSION_POLICY='{"tabular": "all"}') as svc:
         svc.grpc = f"127.0.0.1:{port}"
         yield svc
@@ -185,7 +186,7 @@ def test_malformed_tensors_are_invalid_argument(service, tensor):
 def test_rate_limits_are_shared_with_http(tmp_path):
     port = free_port()
     svc = ServiceProcess(build_repository(tmp_path / "models"), tmp_path / "log",
-                         ORTSERVE_GRPC_PORT=str(port), ORTSERVE_API_KEYS="predict-key",
+                         ORTSERVE_GRPC_PORT=str(port), ORTSERVE_API_KEYS=PREDICT_KEY,
                          ORTSERVE_RATE_LIMIT_PER_S="0.2", ORTSERVE_RATE_LIMIT_BURST="2")
     try:
         svc.wait_ready()

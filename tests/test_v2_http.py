@@ -18,7 +18,8 @@ from tests.servers import ServiceProcess, predictions
 
 TEXTS = ["good great day", "awful sad movie", "the phone is fine"]
 ROWS = [[0.5, -1.0, 2.0, 0.25], [3.0, 1.0, -2.0, 0.0]]
-ADMIN = {"Authorization": "Bearer admin-secret"}
+ADMIN = {"Authorization": "Bearer admin-secret-0123456789"}
+KEY = "k-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def service(tmp_path_factory):
     repo = build_repository(root / "models")
     add_rows_model(repo, "tabular", classifier=True, version=2)
     with ServiceProcess(repo, root / "log", ORTSERVE_VERSION_POLICY='{"tabular": "all"}',
-                        ORTSERVE_ADMIN_KEYS="admin-secret") as svc:
+                        ORTSERVE_ADMIN_KEYS="admin-secret-0123456789") as svc:
         yield svc
 
 
@@ -220,16 +221,16 @@ def test_metrics_split_requests_by_api(client, service):
 
 def test_errors_from_the_middleware_take_the_v2_shape_under_v2(tmp_path):
     svc = ServiceProcess(build_repository(tmp_path / "models"), tmp_path / "log",
-                         ORTSERVE_API_KEYS="k", ORTSERVE_MAX_BODY_BYTES="100")
+                         ORTSERVE_API_KEYS=KEY, ORTSERVE_MAX_BODY_BYTES="100")
     try:
         svc.wait_ready()
         url = f"{svc.url}/v2/models/sentiment/infer"
         assert httpx.post(url, json={}).json() == {
             "error": "missing API key: send 'Authorization: Bearer <key>'"}
-        r = httpx.post(url, content=b"x" * 200, headers={"Authorization": "Bearer k"})
+        r = httpx.post(url, content=b"x" * 200, headers={"Authorization": f"Bearer {KEY}"})
         assert r.status_code == 413 and r.json() == {"error": "request body exceeds 100 bytes"}
         r = httpx.post(f"{svc.url}/predict", content=b"x" * 200,
-                       headers={"Authorization": "Bearer k"})
+                       headers={"Authorization": f"Bearer {KEY}"})
         assert r.json()["error"]["code"] == "payload_too_large"  # the v1 shape
     finally:
         svc.terminate()

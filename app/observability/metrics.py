@@ -86,6 +86,10 @@ class Metrics:
             "ortserve_rate_limit_backend_errors", "Rate-limit checks that could not reach "
             "Redis (requests allowed or refused per ORTSERVE_RATE_LIMIT_FAIL_OPEN).",
             registry=r)
+        self.auth_failures = Counter(
+            "ortserve_auth_failures", "Calls refused for their key, by API and reason "
+            "(missing_key, wrong_key; throttled: refused before the key was looked at, the "
+            "client address having failed too often).", ("api", "reason"), registry=r)
         self.explain_requests = Counter(
             "ortserve_explain_requests", "Explain requests by outcome (success, client_error, "
             "server_error, rejected, timeout, cancelled).", (*MODEL, "outcome"), registry=r)

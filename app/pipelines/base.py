@@ -47,6 +47,11 @@ class Pipeline(ABC):
     def warmup_payloads(self, max_batch_size: int) -> list[list[Any]]:
         """Batches that cover the sizes and lengths this model will see."""
 
+    def runs_inline(self, inputs: Sequence[Any]) -> bool:
+        """Whether `preprocess(inputs)` is short enough for the event loop (a few ms at
+        most); the model runs it in a thread otherwise."""
+        return True
+
     def cost(self, payload: Any) -> int:
         """The cost preprocess gives this payload: 1 (a row); texts: their token count."""
         return 1

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.errors import ModelNotReady, QueueFull
+from app.errors import InvalidInput, ModelNotReady, QueueFull
 
 
 class BatchObserver(Protocol):
@@ -139,7 +139,8 @@ class BatchQueue:
 
     def __init__(self, run_batch: Callable[[list[Any]], Sequence[Any]], limits: BatchLimits,
                  observer: BatchObserver | None = None, name: str = "model",
-                 instances: int = 1, low_batch_size: int = 16) -> None:
+                 instances: int = 1, low_batch_size: int = 16,
+                 low_queue_limit: int = 1 << 15) -> None:
         self._run_batch = run_batch
         self.limits = limits
         self.instances = max(1, instances)
@@ -148,6 +149,7 @@ class BatchQueue:
         # the low-priority lane (explanations): its own queue, thread and batch size
         self._low: deque[tuple[Job, int]] = deque()
         self.low_batch_size = max(1, low_batch_size)
+        self.low_queue_limit = max(1, low_queue_limit)
         self._low_running = 0  # background batches in flight (0 or 1)
         self._low_executor: ThreadPoolExecutor | None = None
         self._name = name
@@ -198,11 +200,21 @@ class BatchQueue:
         return job
 
     def submit_low(self, payloads: Sequence[Any], costs: Sequence[int]) -> Job:
-        """Queue background work in the low-priority lane. No admission by deadline and no
-        queue bound here: the caller bounds what it submits (explanations: inputs per
-        request x evaluations per input x requests at once)."""
+        """Queue background work in the low-priority lane, or refuse it at once (QueueFull)
+        when the lane would hold more than `low_queue_limit` items (the memory bound; no
+        admission by deadline: this work waits for idle moments)."""
         if self._worker is None or self._worker.done():
             raise ModelNotReady("model is not accepting work")
+        if len(payloads) > self.low_queue_limit:
+            raise InvalidInput(f"this work needs {len(payloads)} model inputs, more than the "
+                               f"background lane ever holds ({self.low_queue_limit}, "
+                               "ORTSERVE_EXPLAIN_MAX_QUEUED); ask for fewer evaluations or "
+                               "inputs", {"field": "max_evaluations"})
+        if len(self._low) + len(payloads) > self.low_queue_limit:
+            raise QueueFull(f"the background lane holds {len(self._low)} of "
+                            f"{self.low_queue_limit} inputs and this work needs "
+                            f"{len(payloads)} (ORTSERVE_EXPLAIN_MAX_QUEUED); retry shortly",
+                            retry_after_s=1)
         job = Job(payloads, costs, asyncio.get_running_loop().create_future())
         self._low.extend((job, i) for i in range(len(payloads)))
         self._idle.clear()

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
+
+log = logging.getLogger("ortserve.keys")
 
 # A key file is looked at (stat) at most this often.
 REFRESH_S = 1.0
@@ -23,8 +26,10 @@ def _digest(key: bytes) -> bytes:
 
 
 class KeyStore:
-    def __init__(self, keys: Iterable[str], key_file: Path | None = None) -> None:
+    def __init__(self, keys: Iterable[str], key_file: Path | None = None,
+                 min_length: int = 1) -> None:
         self._static = [_digest(k.encode()) for k in keys if k]
+        self.min_length = min_length
         self._file = key_file
         self._file_keys: list[bytes] = []
         self._mtime: float | None = None
@@ -41,9 +46,13 @@ class KeyStore:
             self._file_keys, self._mtime = [], None
             return
         if mtime != self._mtime:
-            lines = self._file.read_text().splitlines()
-            self._file_keys = [_digest(ln.strip().encode()) for ln in lines
-                               if ln.strip() and not ln.startswith("#")]
+            lines = [ln.strip() for ln in self._file.read_text().splitlines()]
+            keys = [ln for ln in lines if ln and not ln.startswith("#")]
+            short = sum(len(k) < self.min_length for k in keys)
+            if short:
+                log.error("%s: %d key(s) shorter than %d characters ignored "
+                          "(ORTSERVE_MIN_KEY_LENGTH)", self._file, short, self.min_length)
+            self._file_keys = [_digest(k.encode()) for k in keys if len(k) >= self.min_length]
             self._mtime = mtime
 
     @property

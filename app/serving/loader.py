@@ -166,7 +166,8 @@ async def load(found: VerifiedVersion, settings: Settings, metrics: Metrics) -> 
     queue = BatchQueue(BatchRunner(pipeline, session), limits,
                        ModelObserver(metrics, *labels), name=source.name,
                        instances=resolved_instances(s, session.provider != CPU),
-                       low_batch_size=s.explain_batch_size)
+                       low_batch_size=s.explain_batch_size,
+                       low_queue_limit=s.explain_max_queued)
     try:
         if s.warmup:
             await _warm_up(pipeline, session, queue, limits)

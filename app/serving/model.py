@@ -124,6 +124,17 @@ class _ExplainWork:
     evaluations: int = 0
 
 
+def _attribute(explainer: Explainer, work: _ExplainWork, outputs: np.ndarray,
+               options: ExplainOptions) -> list[dict[str, Any]]:
+    """Each input's Shapley values from its coalitions' outputs (in a thread)."""
+    results, start = [], 0
+    for players, plan, count in work.items:
+        results.append(explainer.attribute(players, plan, outputs[start:start + count],
+                                           options))
+        start += count
+    return results
+
+
 class LoadedModel:
     """One version of one model, ready to serve: source, pipeline, session and queue."""
 
@@ -165,7 +176,9 @@ class LoadedModel:
                     ) -> InferenceResult:
         """Run inputs through the model. Everything up to the queue is synchronous, so a
         caller that looked this model up in the registry submits before any other task
-        runs (a version swap cannot slip in between). `inputs` may be a function of this
+        runs (a version swap cannot slip in between), except for inputs long enough to be
+        pre-processed in a thread: this version counts them in flight from the start, so
+        it answers them even if it is swapped out meanwhile. `inputs` may be a function of this
         version's view that decodes them (a protocol's tensors): its errors count as this
         version's client errors."""
         t0 = time.perf_counter()
@@ -177,7 +190,11 @@ class LoadedModel:
                 raise ModelNotReady(f"model {self.name} version {self.version} is draining")
             if callable(inputs):
                 inputs = inputs(self.view())
-            payloads, costs = self.pipeline.preprocess(inputs)
+            pipeline = self.pipeline
+            if pipeline.runs_inline(inputs):
+                payloads, costs = pipeline.preprocess(inputs)
+            else:  # long texts: tokenized in a thread (the deadline counts from t0)
+                payloads, costs = await asyncio.to_thread(pipeline.preprocess, inputs)
             count = len(payloads)
             job = self.queue.submit(payloads, costs, deadline=t0 + timeout_s)
             guard = _Guard(job, timeout_s, client_gone,
@@ -245,17 +262,14 @@ class LoadedModel:
             if self.explainer is None:
                 raise NotExplainable(f"model {self.name} version {self.version} cannot be "
                                      f"explained: {self.explain_error or 'no explainer'}")
-            work = self._plan_explanations(self.explainer, inputs, options)
+            explainer = self.explainer
+            work = await asyncio.to_thread(self._plan_explanations, explainer, inputs, options)
             job = self.queue.submit_low(work.payloads, work.costs)
             guard = _Guard(job, timeout_s, client_gone, 0.0)
             outputs = np.asarray(await self._outputs(job, "explanation batch"))
             if self.explain_observer is not None:
                 self.explain_observer.evaluated(work.evaluations)
-            results, start = [], 0
-            for players, plan, count in work.items:
-                results.append(self.explainer.attribute(
-                    players, plan, outputs[start:start + count], options))
-                start += count
+            results = await asyncio.to_thread(_attribute, explainer, work, outputs, options)
             outcome = "success"
             return results
         except BaseException as exc:

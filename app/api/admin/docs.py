@@ -15,7 +15,7 @@ from app.api.edge.route import route_class
 from app.observability.context import V1
 
 OPENAPI_URL = "/openapi.json"
-router = APIRouter(route_class=route_class(V1, Access.PREDICT), include_in_schema=False)
+router = APIRouter(route_class=route_class(V1, Access.OBSERVE), include_in_schema=False)
 
 
 @router.get(OPENAPI_URL)

@@ -12,7 +12,7 @@ from app.api.edge.route import route_class
 from app.api.edge.state import app_state
 from app.observability.context import V1
 
-router = APIRouter(tags=["metrics"], route_class=route_class(V1, Access.PUBLIC))
+router = APIRouter(tags=["metrics"], route_class=route_class(V1, Access.OBSERVE))
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics",

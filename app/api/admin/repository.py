@@ -25,7 +25,7 @@ from app.observability.context import V1
 
 router = APIRouter(prefix="/repository", tags=["repository"],
                    route_class=route_class(V1, Access.ADMIN))
-ERRORS = (400, 401, 403, 404, 409, 413, 422)
+ERRORS = (400, 401, 403, 404, 409, 413, 422, 429, 503)
 
 
 @router.get("/index", response_model=RepositoryIndex,

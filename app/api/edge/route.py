@@ -23,12 +23,13 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.edge.auth import AUTHORIZATION, Access, bearer
+from app.api.edge.auth import ANONYMOUS, AUTHORIZATION, Access, Caller, bearer
 from app.api.edge.body import BodyLost
 from app.api.edge.errors import CLIENT_CLOSED_STATUS, InternalError, v1_error, v2_error
 from app.api.edge.params import header
 from app.api.edge.state import app_state
 from app.errors import ServingError
+from app.observability.audit import admin_action
 from app.observability.context import V1, V2, request_id, set_protocol
 
 log = logging.getLogger("ortserve.errors")
@@ -52,18 +53,28 @@ class EdgeRoute(APIRoute):
             state = app_state(request)
             if protocol != V1:
                 set_protocol(protocol)
+            scope = request.scope
+            caller = ANONYMOUS
             try:
-                await state.gate.admit(
-                    access, bearer(header(request.scope["headers"], AUTHORIZATION)),
-                    check_key=request.scope["path"] not in state.exempt_paths, hold=True)
-                if access is Access.PUBLIC:
+                client = scope.get("client")
+                caller = await state.gate.admit(
+                    access, bearer(header(scope["headers"], AUTHORIZATION)),
+                    client[0] if client else None, protocol,
+                    check_key=scope["path"] not in state.exempt_paths, hold=True)
+                scope.setdefault("state", {})["caller"] = caller
+                if access in (Access.PUBLIC, Access.OBSERVE):
                     return await endpoint(request)
                 state.drain.enter()
                 try:
-                    return await endpoint(request)
+                    response = await endpoint(request)
                 finally:
                     state.drain.leave()
+                if access is Access.ADMIN:
+                    _audit(caller, protocol, request, str(response.status_code))
+                return response
             except ServingError as exc:
+                if access is Access.ADMIN:
+                    _audit(caller, protocol, request, exc.code)
                 return render(exc)
             except BodyLost:
                 return Response(status_code=CLIENT_CLOSED_STATUS)
@@ -74,6 +85,17 @@ class EdgeRoute(APIRoute):
                 return render(InternalError("internal server error", {"request_id": rid}))
 
         return handle
+
+
+def _audit(caller: Caller, protocol: str, request: Request, outcome: str) -> None:
+    admin_action(caller.short_id, protocol, f"{request.method} {request.url.path}", outcome,
+                 request_id())
+
+
+def caller_of(request: Request) -> Caller:
+    """Who the gate let in for this request."""
+    caller: Caller = request.scope.get("state", {}).get("caller", ANONYMOUS)
+    return caller
 
 
 def route_class(protocol: str, access: Access) -> type[EdgeRoute]:

@@ -21,8 +21,7 @@ ERROR_MODEL = ErrorResponse
 
 
 async def read(request: Request, state: AppState, model: type[BodyT]) -> BodyT:
-    raw = await body.read_body(request, state.settings.max_body_bytes)
-    return body.parse(raw, model)
+    return await body.read_json(request, state.settings.max_body_bytes, model)
 
 
 def deadline(request: Request, state: AppState) -> float:

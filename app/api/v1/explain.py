@@ -5,6 +5,7 @@ and answer in its shape. Parse, call the data plane, encode."""
 
 from __future__ import annotations
 
+import math
 import time
 
 from fastapi import APIRouter
@@ -16,14 +17,24 @@ from app.api.edge.auth import Access
 from app.api.edge.body import client_gone
 from app.api.edge.errors import json_response
 from app.api.edge.params import NAME_DOC, TIMEOUT_DOC, VERSION_DOC
-from app.api.edge.route import openapi, route_class
+from app.api.edge.route import caller_of, openapi, route_class
 from app.api.edge.state import app_state
 from app.api.v1 import codec
 from app.api.v1.schemas import ExplainRequest, ExplainResponse, ModelExplainRequest
 from app.explain.explainer import ExplainOptions
 from app.observability.context import V1, name_model
+from app.settings import Settings
 
 router = APIRouter(tags=["explain"], route_class=route_class(V1, Access.PREDICT))
+
+
+def _tokens(settings: Settings, body: ExplainRequest | ModelExplainRequest) -> int:
+    """Rate-limit tokens an explanation costs beyond its own: one per
+    ORTSERVE_EXPLAIN_EVALUATIONS_PER_TOKEN model evaluations it may spend."""
+    per_input = min(body.max_evaluations or settings.explain_default_evaluations,
+                    settings.explain_max_evaluations)
+    inputs = min(len(body.inputs), settings.explain_max_inputs)
+    return math.ceil(inputs * per_input / settings.explain_evaluations_per_token)
 
 
 async def _explain(request: Request, body: ExplainRequest | ModelExplainRequest,
@@ -32,6 +43,7 @@ async def _explain(request: Request, body: ExplainRequest | ModelExplainRequest,
     timeout = codec.deadline(request, state)
     version = version or body.version
     name_model(name, version)
+    await state.gate.charge(caller_of(request), _tokens(state.settings, body))
     options = ExplainOptions(body.target, body.max_evaluations, body.seed, body.method)
     served, explanations = await state.dataplane.explain(
         name, version, body.inputs, options, timeout, lambda: client_gone(request))

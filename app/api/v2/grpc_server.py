@@ -13,11 +13,14 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import unquote
 
 import grpc
 
-from app.api.edge.auth import Access, bearer
+from app.api.edge.auth import ANONYMOUS, Access, bearer
+from app.api.edge.body import sized_work
 from app.api.edge.errors import InternalError, grpc_status
 from app.api.edge.params import deadline, version
 from app.api.edge.readiness import model_ready, readiness
@@ -27,7 +30,9 @@ from app.api.v2.grpc import grpc_predict_v2_pb2 as pb
 from app.api.v2.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from app.api.v2.metadata import model_metadata, repository_index, server_metadata
 from app.errors import InvalidInput, ServingError
+from app.observability.audit import admin_action
 from app.observability.context import GRPC, name_model, request_context
+from app.settings import Settings
 
 log = logging.getLogger("ortserve.grpc")
 
@@ -115,11 +120,21 @@ def _guarded(access: Access) -> Callable[[Call], Call]:
         async def handler(self: InferenceService, request: Any,
                           context: grpc.aio.ServicerContext) -> Any:
             with request_context(os.urandom(16).hex(), GRPC) as ctx:
+                caller = ANONYMOUS
                 try:
                     metadata = dict(context.invocation_metadata() or ())
-                    await self.state.gate.admit(access, bearer(metadata.get("authorization")))
-                    return await method(self, request, context)
+                    caller = await self.state.gate.admit(
+                        access, bearer(metadata.get("authorization")), peer_address(context),
+                        GRPC)
+                    answer = await method(self, request, context)
+                    if access is Access.ADMIN:
+                        admin_action(caller.short_id, GRPC, method.__name__, "OK",
+                                     ctx.request_id)
+                    return answer
                 except ServingError as exc:
+                    if access is Access.ADMIN:
+                        admin_action(caller.short_id, GRPC, method.__name__,
+                                     grpc_status(exc), ctx.request_id)
                     await _abort(context, exc)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
@@ -132,6 +147,18 @@ def _guarded(access: Access) -> Callable[[Call], Call]:
         handler.__name__ = method.__name__
         return handler
     return wrap
+
+
+def peer_address(context: grpc.aio.ServicerContext) -> str | None:
+    """The client's address from gRPC's peer string (`ipv4:1.2.3.4:5678`,
+    `ipv6:[::1]:5678`, `unix:...`)."""
+    peer = context.peer() or ""
+    kind, _, rest = unquote(peer).partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return peer or None
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: ServingError) -> NoReturn:
@@ -177,7 +204,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         state = self.state
         model_version = version(request.model_version)
         name_model(request.model_name, model_version)
-        tensors = _input_tensors(request)
+        tensors = await sized_work(request.ByteSize(), _input_tensors, request)
         remaining = context.time_remaining()
         # answer a few ms before the call's deadline, so that the server's own timeout
         # (dropping queued inputs, counted as `timeout`) acts before the transport cancels
@@ -221,6 +248,20 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from the HTTPS settings (the same certificate and key), with client certificates
+    required when a client CA is set; None without TLS."""
+    if settings.ssl_certfile is None:
+        return None
+    if settings.ssl_keyfile is None:
+        raise ValueError("ORTSERVE_SSL_CERTFILE needs ORTSERVE_SSL_KEYFILE")
+    key = Path(settings.ssl_keyfile).read_bytes()
+    cert = Path(settings.ssl_certfile).read_bytes()
+    ca = Path(settings.ssl_ca_certs).read_bytes() if settings.ssl_ca_certs else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                       require_client_auth=ca is not None)
+
+
 async def start(state: AppState, host: str, port: int,
                 max_message_bytes: int) -> grpc.aio.Server:
     server = grpc.aio.server(options=[
@@ -228,9 +269,14 @@ async def start(state: AppState, host: str, port: int,
         ("grpc.max_send_message_length", max_message_bytes),
     ])
     server.add_generic_rpc_handlers([service_handler(InferenceService(state))])
-    bound = server.add_insecure_port(f"{host}:{port}")
+    credentials = server_credentials(state.settings)
+    address = f"{host}:{port}"
+    bound = (server.add_secure_port(address, credentials) if credentials is not None
+             else server.add_insecure_port(address))
     if not bound:
-        raise RuntimeError(f"gRPC: cannot listen on {host}:{port}")
+        raise RuntimeError(f"gRPC: cannot listen on {address}")
     await server.start()
-    log.info("gRPC (Open Inference Protocol) on %s:%d", host, bound)
+    log.info("gRPC (Open Inference Protocol) on %s:%d (%s)", host, bound,
+             "plaintext" if credentials is None else ("mutual TLS" if state.settings.ssl_ca_certs
+                                                 else "TLS"))
     return server

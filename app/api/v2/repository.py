@@ -23,7 +23,7 @@ from app.observability.context import V2
 
 router = APIRouter(prefix="/v2/repository", tags=["v2 (Open Inference Protocol)"],
                    route_class=route_class(V2, Access.ADMIN))
-ADMIN_ERRORS = (400, 401, 403, 404, 409, 413)
+ADMIN_ERRORS = (400, 401, 403, 404, 409, 413, 429, 503)
 
 
 async def _options(request: Request) -> dict[str, Any]:

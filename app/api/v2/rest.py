@@ -159,7 +159,8 @@ async def infer(request: Request) -> Response:
     headers = request.scope["headers"]
     timeout = params.timeout(params.header(headers, params.TIMEOUT_KEY))
     raw_body = await edge_body.read_body(request, state.settings.max_body_bytes)
-    req, tensors = parse_request(raw_body, params.header(headers, HEADER_LENGTH))
+    req, tensors = await edge_body.sized_work(len(raw_body), parse_request, raw_body,
+                                              params.header(headers, HEADER_LENGTH))
     deadline = params.deadline(state.settings.request_timeout_s, timeout, _timeout_param(req))
     requested, binary = _binary_wanted(req)
     result = await state.dataplane.infer(name, version,
