@@ -9,7 +9,7 @@ the predicted one) or the predicted value (a regressor).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +65,7 @@ class Explainer:
 
     @classmethod
     def for_model(cls, manifest: Manifest, pipeline, limits: ExplainLimits,
-                  verified: dict[str, bytes] | None) -> Explainer:
+                  verified: Mapping[str, bytes] | None) -> Explainer:
         if not manifest.background_file:
             return cls(manifest, pipeline, limits, None)
         data = (verified or {}).get(manifest.background_file)
