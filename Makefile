@@ -1,6 +1,7 @@
 # ortserve: the two set-up commands of the README, and the developer targets around them.
 #   make run    venv + install + train the quick default models if models/ is empty + serve :8000
-#   make test   venv + install + system tools (promtool, prometheus, docker-compose) + pytest
+#   make test   venv + install + system tools (promtool, prometheus, docker-compose) + ruff,
+#               mypy + pytest
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -36,11 +37,14 @@ serve: install
 test: install
 	scripts/system-deps.sh
 	$(BIN)/ruff check app training tests bench
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
+# mypy reads [tool.mypy] in pyproject.toml: all of app/, strict on the serving core and edge
 lint: install
 	$(BIN)/ruff check app training tests bench
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 bench: install

@@ -42,7 +42,8 @@ def _serve(a: argparse.Namespace) -> int:
     uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
                 workers=workers, loop="uvloop", http="httptools",
                 log_level=settings.log_level, access_log=False,
-                timeout_graceful_shutdown=settings.shutdown_grace_s,
+                # uvicorn annotates int, but uses it as asyncio.wait_for's timeout: any float
+                timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
                 ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
                 ssl_ca_certs=settings.ssl_ca_certs,
                 ssl_cert_reqs=ssl.CERT_REQUIRED if settings.ssl_ca_certs else ssl.CERT_NONE,

@@ -3,7 +3,10 @@ never a transport status: each API maps them (`app/api/edge/errors.py`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class ServingError(Exception):
@@ -67,15 +70,15 @@ class InferenceFailed(ServingError):
 CLIENT_ERRORS = (InvalidInput, ModelNotFound)
 
 
-def mapped(exc: ServingError, table: dict, default):
+def mapped(exc: ServingError, table: Mapping[type[ServingError], T], default: T) -> T:
     """What `table` (error class -> a protocol's status) says for `exc`, by its nearest
     class; each API keeps its own table."""
     for cls in type(exc).__mro__:
-        if cls in table:
+        if issubclass(cls, ServingError) and cls in table:
             return table[cls]
     return default
 
 
-def error_body(code: str, message: str, details: Any = None) -> dict:
+def error_body(code: str, message: str, details: Any = None) -> dict[str, dict[str, Any]]:
     """The one error shape of the service's own API: `{"error": {code, message, details}}`."""
     return {"error": {"code": code, "message": message, "details": details}}

@@ -134,6 +134,7 @@ def inspect(req: ImportRequest) -> dict:
     _check_batch_axis(session)
     fields: dict = {}
     if req.kind == "text-classification":
+        assert req.tokenizer is not None  # checked above
         feeds = _text_feeds(session, req.tokenizer, req.max_length)
         fields["inputs"] = {"type": "text", "max_length": req.max_length}
     else:
@@ -145,7 +146,7 @@ def inspect(req: ImportRequest) -> dict:
         result = session.run([out.name], feeds)[0]
     except Exception as exc:  # noqa: BLE001
         raise GraphRejected(f"the graph fails on a batch of 2: {exc}") from exc
-    want = len(req.labels) if classifier else 1
+    want = len(req.labels) if classifier and req.labels else 1
     rows = result.reshape(result.shape[0], -1) if result.ndim <= 2 else None
     if rows is None or rows.shape != (2, want):
         raise GraphRejected(f"output {out.name!r} answered shape {list(result.shape)} for 2 "
@@ -190,7 +191,7 @@ def import_model(req: ImportRequest) -> tuple[int, Path]:
     background = (background_rows(req.background, features) if req.background is not None
                   else None)
     with new_version(req.models_dir, req.name) as writer:
-        if background is not None:
+        if background is not None and req.background is not None:
             write_background(writer.dir / BACKGROUND_FILE, features, background,
                              f"imported from {req.background.name}")
         shutil.copyfile(req.model, writer.dir / "model.onnx")

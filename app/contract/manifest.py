@@ -133,8 +133,8 @@ def eligible_variants(m: Manifest) -> dict[str, str]:
     recorded test accuracy and batch invariance pass. {} for a manifest without variants."""
     if not m.variants:
         return {}
-    best = max((v.test_metrics.get("accuracy") for v in m.variants.values()
-                if isinstance(v.test_metrics.get("accuracy"), (int, float))), default=None)
+    best = max((a for v in m.variants.values()
+                if isinstance(a := v.test_metrics.get("accuracy"), (int, float))), default=None)
     out = {}
     for name, v in m.variants.items():
         accuracy = v.test_metrics.get("accuracy")

@@ -9,7 +9,7 @@ the predicted one) or the predicted value (a regressor).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +56,8 @@ class Explainer:
             self.mask_id = next((i for i in (tok.token_to_id("[MASK]"), tok.token_to_id("<mask>"),
                                              tok.token_to_id("[UNK]")) if i is not None),
                                 pipeline.pad_id)
-            self.baseline = ("every word replaced by the tokenizer's mask token "
-                             f"({tok.id_to_token(self.mask_id)}), same length")
+            self.baseline: str | None = ("every word replaced by the tokenizer's mask "
+                                         f"token ({tok.id_to_token(self.mask_id)}), same length")
         else:
             self.features = [f.name for f in manifest.inputs.features or []]
             self.baseline = (f"mean output over {len(background)} background rows "
@@ -65,7 +65,7 @@ class Explainer:
 
     @classmethod
     def for_model(cls, manifest: Manifest, pipeline, limits: ExplainLimits,
-                  verified: dict[str, bytes] | None) -> Explainer:
+                  verified: Mapping[str, bytes] | None) -> Explainer:
         if not manifest.background_file:
             return cls(manifest, pipeline, limits, None)
         data = (verified or {}).get(manifest.background_file)
@@ -117,6 +117,7 @@ class Explainer:
         if self.text:
             return TextPlayers(self.pipeline.tokenizer, self.pipeline.checked_text(0, raw),
                                self.mask_id)
+        assert self.background is not None  # check() refused the request otherwise
         return RowPlayers(payload, self.background, self.features)
 
     def plan(self, players, budget: int, options: ExplainOptions) -> shapley.Plan:

@@ -23,12 +23,18 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from app.errors import InvalidInput, ModelNotReady, QueueFull
+
+# A queued item, opaque to the batcher: whatever `run_batch` takes (a pipeline's payload)
+P = TypeVar("P")
+# A batch's outputs: one per payload, in order (any sized iterable, e.g. a numpy array's
+# rows); the batcher hands each to its job without looking at it
+Outputs = Collection[Any]
 
 
 class BatchObserver(Protocol):
@@ -45,12 +51,12 @@ class _NullObserver:
 
 
 @dataclass(eq=False, slots=True)
-class Job:
+class Job(Generic[P]):
     """One request's inputs; its future resolves to the outputs in input order."""
 
-    payloads: Sequence[Any]
+    payloads: Sequence[P]
     costs: Sequence[int]
-    future: asyncio.Future
+    future: asyncio.Future[list[Any]]
     results: list[Any] = field(init=False)
     remaining: int = field(init=False)
     enqueued_at: float = field(default_factory=time.perf_counter)
@@ -123,21 +129,22 @@ def _lower_priority() -> None:
         pass
 
 
-def _outcome(future: asyncio.Future) -> tuple[Sequence[Any], float] | BaseException:
+def _outcome(future: asyncio.Future[tuple[Outputs, float]]
+             ) -> tuple[Outputs, float] | BaseException:
     if future.cancelled():
         return ModelNotReady("model was unloaded")
     return future.exception() or future.result()
 
 
-def _closed(payloads: list[Any]) -> Sequence[Any]:
+def _closed(payloads: list[Any]) -> Outputs:
     raise ModelNotReady("model was unloaded")
 
 
-class BatchQueue:
+class BatchQueue(Generic[P]):
     """Queue + worker for one model. `run_batch(payloads) -> outputs` runs in a thread;
     up to `instances` batches run at once."""
 
-    def __init__(self, run_batch: Callable[[list[Any]], Sequence[Any]], limits: BatchLimits,
+    def __init__(self, run_batch: Callable[[list[P]], Outputs], limits: BatchLimits,
                  observer: BatchObserver | None = None, name: str = "model",
                  instances: int = 1, low_batch_size: int = 16,
                  low_queue_limit: int = 1 << 15) -> None:
@@ -145,9 +152,9 @@ class BatchQueue:
         self.limits = limits
         self.instances = max(1, instances)
         self._observer = observer or _NullObserver()
-        self._queue: deque[tuple[Job, int]] = deque()
+        self._queue: deque[tuple[Job[P], int]] = deque()
         # the low-priority lane (explanations): its own queue, thread and batch size
-        self._low: deque[tuple[Job, int]] = deque()
+        self._low: deque[tuple[Job[P], int]] = deque()
         self.low_batch_size = max(1, low_batch_size)
         self.low_queue_limit = max(1, low_queue_limit)
         self._low_running = 0  # background batches in flight (0 or 1)
@@ -156,7 +163,7 @@ class BatchQueue:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=self.instances,
                                             thread_name_prefix=f"ort-{name}")
-        self._worker: asyncio.Task | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._running = 0  # batches in flight
         self._running_items = 0  # inputs in those batches
         self._idle = asyncio.Event()
@@ -173,8 +180,8 @@ class BatchQueue:
         self._lateness_dev = 0.0  # its mean absolute deviation
 
     # -- producer side -------------------------------------------------------------------
-    def submit(self, payloads: Sequence[Any], costs: Sequence[int],
-               deadline: float | None = None) -> Job:
+    def submit(self, payloads: Sequence[P], costs: Sequence[int],
+               deadline: float | None = None) -> Job[P]:
         """Queue a job, or refuse it at once (QueueFull, with a Retry-After from the expected
         wait) when it cannot be expected to finish before `deadline` (a perf_counter time),
         or when the queue already holds `max_queue_size` inputs (the memory bound)."""
@@ -199,7 +206,7 @@ class BatchQueue:
         self._wakeup.set()
         return job
 
-    def submit_low(self, payloads: Sequence[Any], costs: Sequence[int]) -> Job:
+    def submit_low(self, payloads: Sequence[P], costs: Sequence[int]) -> Job[P]:
         """Queue background work in the low-priority lane, or refuse it at once (QueueFull)
         when the lane would hold more than `low_queue_limit` items (the memory bound; no
         admission by deadline: this work waits for idle moments)."""
@@ -255,7 +262,7 @@ class BatchQueue:
         """How late most jobs (not the average one) finish against the model's estimate."""
         return max(0.75, self._lateness + 2 * self._lateness_dev)
 
-    def _model_wait(self, cost: int) -> float | None:
+    def _model_wait(self, cost: float) -> float | None:
         """The queued cost at the measured seconds per padded cost unit, spread over the
         instances, plus half a run of the batches in flight when every instance is busy."""
         if self._cost_units <= 0:
@@ -267,7 +274,7 @@ class BatchQueue:
         busy = self._recent_run_s / 2 if self._running >= self.instances else 0.0
         return max(own, queued) + busy
 
-    def _dequeued(self, job: Job, i: int) -> None:
+    def _dequeued(self, job: Job[P], i: int) -> None:
         self._queued_cost -= job.costs[i]
 
     # -- worker side ---------------------------------------------------------------------
@@ -281,13 +288,13 @@ class BatchQueue:
         while self._low and self._low[0][0].dead:
             self._low.popleft()
 
-    def _take(self, low: bool = False) -> list[tuple[Job, int]]:
+    def _take(self, low: bool = False) -> list[tuple[Job[P], int]]:
         lim = self.limits
         queue = self._low if low else self._queue
         # a tiny model's batches run inline in microseconds: its low lane batches as usual
         most = (min(lim.max_batch_size, self.low_batch_size) if low and not self.runs_inline
                 else lim.max_batch_size)
-        batch: list[tuple[Job, int]] = []
+        batch: list[tuple[Job[P], int]] = []
         longest = 0
         while queue and len(batch) < most:
             job, i = queue[0]
@@ -405,6 +412,7 @@ class BatchQueue:
             self._running += 1
             self._running_items += len(batch)
         if self.runs_inline:
+            result: tuple[Outputs, float] | BaseException
             try:
                 result = self._timed_run(payloads)
             except Exception as exc:  # noqa: BLE001 - fail this batch's jobs only
@@ -413,8 +421,11 @@ class BatchQueue:
         else:
             future = asyncio.get_running_loop().run_in_executor(
                 self._low_thread() if low else self._executor, self._timed_run, payloads)
-            future.add_done_callback(
-                lambda f, batch=batch, low=low: self._finish(batch, _outcome(f), low))
+
+            def done(f: asyncio.Future[tuple[Outputs, float]]) -> None:
+                self._finish(batch, _outcome(f), low)
+
+            future.add_done_callback(done)
 
     def _low_thread(self) -> ThreadPoolExecutor:
         if self._low_executor is None:
@@ -423,8 +434,8 @@ class BatchQueue:
                 thread_name_prefix=f"ort-{self._name}-low")
         return self._low_executor
 
-    def _finish(self, batch: list[tuple[Job, int]],
-                result: tuple[Sequence[Any], float] | BaseException,
+    def _finish(self, batch: list[tuple[Job[P], int]],
+                result: tuple[Outputs, float] | BaseException,
                 low: bool = False) -> None:
         """On the event loop, when a batch is done: hand out its outputs (or its error)."""
         if low:
@@ -484,7 +495,7 @@ class BatchQueue:
         self._cost_units = COST_DECAY * self._cost_units + padded
         self._cost_given = COST_DECAY * self._cost_given + given
 
-    async def warm_up(self, payloads: list[Any], costs: Sequence[int] | None = None) -> None:
+    async def warm_up(self, payloads: list[P], costs: Sequence[int] | None = None) -> None:
         """Run one batch outside the queue on a model thread; the batcher starts from the
         warm model's run time (and, given the items' costs, its cost per unit) instead of a
         guess."""
@@ -494,7 +505,7 @@ class BatchQueue:
         if costs:
             self._observe_cost(seconds, max(costs) * len(costs), sum(costs))
 
-    def _timed_run(self, payloads: list[Any]) -> tuple[Sequence[Any], float]:
+    def _timed_run(self, payloads: list[P]) -> tuple[Outputs, float]:
         """Run a batch; also return its run time, measured where it ran.
 
         Timing the hand-off to the thread as well would count the wait for the GIL while

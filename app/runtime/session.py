@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
+
+from app.runtime.tensors import Feeds, Scores
 
 log = logging.getLogger("ortserve.session")
 
@@ -61,14 +62,16 @@ class ModelSession:
         out = next(o for o in self.session.get_outputs() if o.name == self.output_name)
         return list(out.shape)
 
-    def run(self, feeds: dict[str, np.ndarray], options: ort.RunOptions | None = None
-            ) -> np.ndarray:
+    def run(self, feeds: Feeds, options: ort.RunOptions | None = None) -> Scores:
         """Feeds the inputs the graph has (a pipeline may offer more, e.g. segment ids)."""
         names = self.input_names
-        return self.session.run([self.output_name],
-                                {k: v for k, v in feeds.items() if k in names}, options)[0]
+        # onnxruntime is untyped: run() returns a list of arrays, here the one output
+        out: Scores = self.session.run([self.output_name],
+                                       {k: v for k, v in feeds.items() if k in names},
+                                       options)[0]
+        return out
 
-    def run_and_shrink(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def run_and_shrink(self, feeds: Feeds) -> Scores:
         """`run`, then hand the CPU memory arena's unused chunks back. After warm-up, whose
         largest batch (64 texts x 128 tokens for sentiment) grows the arena by about
         200 MB, the arena keeps only what real batches need again."""

@@ -19,7 +19,7 @@ from app.serving.views import (
     ServedVersion,
 )
 
-Inputs = Sequence[Any] | Callable[[ServedVersion], Sequence[Any]]
+Inputs = Sequence[object] | Callable[[ServedVersion], Sequence[object]]
 
 
 class DataPlane:
@@ -60,7 +60,7 @@ class DataPlane:
         # happens before or after this request, never during it
         return await self.registry.get(name, version).infer(inputs, timeout_s, client_gone)
 
-    async def explain(self, name: str | None, version: int | None, inputs: Sequence[Any],
+    async def explain(self, name: str | None, version: int | None, inputs: Sequence[object],
                       options: ExplainOptions, timeout_s: float,
                       client_gone: ClientGone | None = None
                       ) -> tuple[ServedVersion, list[dict[str, Any]]]:

@@ -7,16 +7,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from app.contract.background import BadBackground
 from app.contract.repository import ModelSource, VerifiedVersion
 from app.explain.explainer import Explainer, ExplainLimits
 from app.observability.metrics import ExplainObserver, Metrics, ModelObserver, RequestObserver
-from app.pipelines import Pipeline, build_pipeline
+from app.pipelines import AnyPipeline, Pipeline, build_pipeline
 from app.runtime.batcher import BatchLimits, BatchQueue
 from app.runtime.memory import release_freed_memory, rss_mb
 from app.runtime.session import CPU, DeviceError, ModelSession, create_session
+from app.runtime.tensors import Scores
 from app.serving.model import LoadedModel
 from app.serving.variants import ServedVariant, choose_variant, time_variants
 from app.settings import Settings, resolved_instances, resolved_intra_op_threads
@@ -28,6 +29,8 @@ log = logging.getLogger("ortserve.loader")
 # tests/test_registry.py measures a model's real footprint).
 MEMORY_PER_FILE_BYTE = 2.0
 
+P = TypeVar("P")
+
 
 class LoadError(Exception):
     """A version that cannot serve; `reason` is a short label for the failure metric."""
@@ -37,14 +40,14 @@ class LoadError(Exception):
         self.reason, self.message = reason, message
 
 
-class BatchRunner:
+class BatchRunner(Generic[P]):
     """Runs one batch of a loaded version, in a batch queue's thread: the pipeline collates
     the payloads, the session runs them, the pipeline turns the outputs into rows."""
 
-    def __init__(self, pipeline: Pipeline, session: ModelSession) -> None:
+    def __init__(self, pipeline: Pipeline[P], session: ModelSession) -> None:
         self.pipeline, self.session = pipeline, session
 
-    def __call__(self, payloads: list[Any]) -> Sequence[Any]:
+    def __call__(self, payloads: list[P]) -> Scores:
         return self.pipeline.run_batch(self.session.run, payloads)
 
 
@@ -90,7 +93,7 @@ def check_outputs(source: ModelSource, shape: Sequence[object]) -> None:
 
 
 def _build(found: VerifiedVersion, settings: Settings, files: Mapping[str, str]
-           ) -> tuple[Pipeline, dict[str, ModelSession], Explainer | None, str | None]:
+           ) -> tuple[AnyPipeline, dict[str, ModelSession], Explainer | None, str | None]:
     """In a thread: the pipeline, a session per variant in `files`, the explainer (or why
     there is none)."""
     s, source = settings, found.source
@@ -113,7 +116,7 @@ def _build(found: VerifiedVersion, settings: Settings, files: Mapping[str, str]
     return pipeline, sessions, explainer, None
 
 
-async def _choose(source: ModelSource, pipeline: Pipeline, sessions: dict[str, ModelSession],
+async def _choose(source: ModelSource, pipeline: AnyPipeline, sessions: dict[str, ModelSession],
                   limits: BatchLimits) -> tuple[ServedVariant, ModelSession]:
     """The variant to serve: the only one, or the fastest of the candidates on this host."""
     if len(sessions) == 1:
@@ -133,7 +136,7 @@ async def _choose(source: ModelSource, pipeline: Pipeline, sessions: dict[str, M
     return ServedVariant(chosen, source.candidates[chosen], rates, why), session
 
 
-async def _warm_up(pipeline: Pipeline, session: ModelSession, queue: BatchQueue,
+async def _warm_up(pipeline: Pipeline[P], session: ModelSession, queue: BatchQueue[P],
                    limits: BatchLimits) -> None:
     """Every warm-up batch through the queue, then one run that hands the memory arena's
     unused chunks back."""

@@ -29,7 +29,7 @@ from app.errors import (
 )
 from app.explain.explainer import Explainer, ExplainOptions, NotExplainable
 from app.observability.metrics import ExplainObserver, RequestObserver
-from app.pipelines import Pipeline
+from app.pipelines import AnyPipeline
 from app.runtime.batcher import BatchLimits, BatchQueue, Job
 from app.runtime.session import ModelSession
 from app.serving.variants import ServedVariant
@@ -43,7 +43,7 @@ log = logging.getLogger("ortserve.models")
 # who leaves while queued is dropped before its input runs.
 WATCH_AFTER_S = 0.25
 
-ClientGone = Callable[[], Awaitable[Any]]
+ClientGone = Callable[[], Awaitable[object]]
 
 
 class _Guard:
@@ -54,29 +54,29 @@ class _Guard:
     One timer at a time: first the watch's start, then the deadline.
     """
 
-    def __init__(self, job: Job, timeout_s: float, client_gone: ClientGone | None,
+    def __init__(self, job: Job[Any], timeout_s: float, client_gone: ClientGone | None,
                  watch_after: float) -> None:
-        self._job, self._timeout_s, self._client_gone = job, timeout_s, client_gone
+        self._job, self._timeout_s = job, timeout_s
         self._loop = asyncio.get_running_loop()
         self._expires = self._loop.time() + timeout_s
-        self._watch: asyncio.Future | None = None
+        self._watch: asyncio.Future[object] | None = None
         if client_gone is None or timeout_s <= watch_after:
             self._timer = self._loop.call_later(timeout_s, self._expire)
         elif watch_after > 0:
-            self._timer = self._loop.call_later(watch_after, self._start_watch)
+            self._timer = self._loop.call_later(watch_after, self._start_watch, client_gone)
         else:
-            self._start_watch()
+            self._start_watch(client_gone)
 
     def _expire(self) -> None:
         self._job.fail(DeadlineExceeded(f"no answer within {self._timeout_s:.3g} s; the "
                                         "request was dropped from the queue"))
 
-    def _start_watch(self) -> None:
-        self._watch = asyncio.ensure_future(self._client_gone())
+    def _start_watch(self, client_gone: ClientGone) -> None:
+        self._watch = asyncio.ensure_future(client_gone())
         self._watch.add_done_callback(self._client_left)
         self._timer = self._loop.call_at(self._expires, self._expire)
 
-    def _client_left(self, task: asyncio.Future) -> None:
+    def _client_left(self, task: asyncio.Future[object]) -> None:
         if not task.cancelled() and task.exception() is None:
             self._job.fail(ClientCancelled("the client disconnected while its request "
                                            "was queued"))
@@ -138,8 +138,8 @@ def _attribute(explainer: Explainer, work: _ExplainWork, outputs: np.ndarray,
 class LoadedModel:
     """One version of one model, ready to serve: source, pipeline, session and queue."""
 
-    def __init__(self, *, source: ModelSource, variant: ServedVariant, pipeline: Pipeline,
-                 session: ModelSession, queue: BatchQueue, limits: BatchLimits,
+    def __init__(self, *, source: ModelSource, variant: ServedVariant, pipeline: AnyPipeline,
+                 session: ModelSession, queue: BatchQueue[Any], limits: BatchLimits,
                  observer: RequestObserver, load_seconds: float, memory_mb: float | None,
                  explainer: Explainer | None = None,
                  explain_observer: ExplainObserver | None = None,
@@ -171,7 +171,7 @@ class LoadedModel:
         """(model, version) as the Prometheus metrics label them."""
         return self.name, str(self.version)
 
-    async def infer(self, inputs: Sequence[Any] | Callable[[ServedVersion], Sequence[Any]],
+    async def infer(self, inputs: Sequence[object] | Callable[[ServedVersion], Sequence[object]],
                     timeout_s: float, client_gone: ClientGone | None = None
                     ) -> InferenceResult:
         """Run inputs through the model. Everything up to the queue is synchronous, so a
@@ -217,7 +217,7 @@ class LoadedModel:
             if self._inflight == 0:
                 self._idle.set()
 
-    async def _outputs(self, job: Job, what: str) -> Sequence[Any]:
+    async def _outputs(self, job: Job[Any], what: str) -> Sequence[Any]:
         """The outputs of a submitted job; a failure of the model itself (not a domain
         error such as a deadline) is logged and answered as InferenceFailed."""
         try:
@@ -245,7 +245,7 @@ class LoadedModel:
             work.evaluations += len(batch) * players.per_coalition
         return work
 
-    async def explain(self, inputs: Sequence[Any], options: ExplainOptions, timeout_s: float,
+    async def explain(self, inputs: Sequence[object], options: ExplainOptions, timeout_s: float,
                       client_gone: ClientGone | None = None) -> list[dict[str, Any]]:
         """Shapley values of the model's output for each input (app/explain/). The
         coalitions of every input go to the batch queue as one job in its low-priority

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from app.pipelines import Pipeline
 from app.runtime.batcher import BatchLimits
@@ -13,6 +14,8 @@ from app.runtime.session import ModelSession
 
 # A variant must be this much faster than the manifest's default to replace it (timing noise).
 VARIANT_TIE = 0.05
+
+P = TypeVar("P")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +29,7 @@ class ServedVariant:
     reason: str | None = None
 
 
-def time_variants(pipeline: Pipeline, sessions: Mapping[str, ModelSession],
+def time_variants(pipeline: Pipeline[P], sessions: Mapping[str, ModelSession],
                   limits: BatchLimits) -> dict[str, float]:
     """Inputs per second of each variant's session on the model's middle-sized warm-up
     batches (8 inputs of each warm-up length, for text), on this host and provider: one
@@ -55,7 +58,8 @@ def choose_variant(rates: Mapping[str, float], default: str | None) -> tuple[str
     fastest = max(rates, key=lambda v: rates[v])
     listed = ", ".join(f"{v} {r:g} inputs/s" for v, r in
                        sorted(rates.items(), key=lambda kv: -kv[1]))
-    if default in rates and rates[default] >= (1 - VARIANT_TIE) * rates[fastest]:
+    if (default is not None and default in rates
+            and rates[default] >= (1 - VARIANT_TIE) * rates[fastest]):
         if default == fastest:
             return default, f"fastest on this host: {listed}"
         return default, (f"the manifest's default, within {VARIANT_TIE:.0%} of the fastest: "

@@ -6,14 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from app.api.edge.schemas import ModelSummary
 from app.contract.manifest import NAME_PATTERN
 
-TEXT_EXAMPLE = {"model": "sentiment", "inputs": ["I love this phone", "worst service ever"]}
-ROWS_EXAMPLE = {"model": "diabetes",
-                "inputs": [[0.038, 0.05, 0.062, 0.022, -0.044, -0.035, -0.043, -0.003,
-                            0.02, -0.018]]}
+TEXT_EXAMPLE: JsonDict = {"model": "sentiment",
+                          "inputs": ["I love this phone", "worst service ever"]}
+ROWS_EXAMPLE: JsonDict = {"model": "diabetes",
+                          "inputs": [[0.038, 0.05, 0.062, 0.022, -0.044, -0.035, -0.043, -0.003,
+                                      0.02, -0.018]]}
 
 Input = str | list[float] | dict[str, float]
 
@@ -87,7 +89,7 @@ class ModelDetail(ModelSummary):
 
 
 # -- explanations ------------------------------------------------------------------------
-EXPLAIN_EXAMPLE = {"model": "sentiment", "inputs": ["I love this phone"], "seed": 0}
+EXPLAIN_EXAMPLE: JsonDict = {"model": "sentiment", "inputs": ["I love this phone"], "seed": 0}
 
 
 class ExplainOptionsBody(BaseModel):

@@ -14,10 +14,11 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote
 
 import grpc
+from google.protobuf.message import Message
 
 from app.api.edge.auth import ANONYMOUS, Access, bearer
 from app.api.edge.body import sized_work
@@ -44,7 +45,7 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
             "BYTES": "bytes_contents"}
 
 
-def _param(p: pb.InferParameter):
+def _param(p: pb.InferParameter) -> bool | int | str | float | None:
     kind = p.WhichOneof("parameter_choice")
     return getattr(p, kind) if kind else None
 
@@ -80,8 +81,8 @@ class _Malformed:
         self.error = error
 
 
-def _lenient(parse):
-    def deserialize(data: bytes):
+def _lenient(parse: Callable[[bytes], Message]) -> Callable[[bytes], Message | _Malformed]:
+    def deserialize(data: bytes) -> Message | _Malformed:
         try:
             return parse(data)
         except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's bytes
@@ -89,8 +90,12 @@ def _lenient(parse):
     return deserialize
 
 
-def _rejecting_malformed(method):
-    async def handler(request, context):
+# A servicer's bound method, as gRPC calls it: (request, context) -> response
+Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def _rejecting_malformed(method: Handler) -> Handler:
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, _Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"the request is not a valid protobuf message: {request.error}")
@@ -98,7 +103,7 @@ def _rejecting_malformed(method):
     return handler
 
 
-def service_handler(servicer) -> grpc.GenericRpcHandler:
+def service_handler(servicer: InferenceService) -> grpc.GenericRpcHandler:
     """The generated service's methods, each with a deserializer that does not throw."""
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers = {
@@ -110,15 +115,18 @@ def service_handler(servicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-Call = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+# A method of the servicer: (self, request message, context) -> response message
+Method = Callable[["InferenceService", Req, Any], Awaitable[Resp]]
 
 
-def _guarded(access: Access) -> Callable[[Call], Call]:
+def _guarded(access: Access) -> Callable[[Method[Req, Resp]], Method[Req, Resp]]:
     """A method of the servicer behind the gate, in its own request context, with every
     error answered as its gRPC status (an unexpected one logged and INTERNAL)."""
-    def wrap(method: Call) -> Call:
-        async def handler(self: InferenceService, request: Any,
-                          context: grpc.aio.ServicerContext) -> Any:
+    def wrap(method: Method[Req, Resp]) -> Method[Req, Resp]:
+        async def handler(self: InferenceService, request: Req,
+                          context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
             with request_context(os.urandom(16).hex(), GRPC) as ctx:
                 caller = ANONYMOUS
                 try:
@@ -149,7 +157,7 @@ def _guarded(access: Access) -> Callable[[Call], Call]:
     return wrap
 
 
-def peer_address(context: grpc.aio.ServicerContext) -> str | None:
+def peer_address(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     """The client's address from gRPC's peer string (`ipv4:1.2.3.4:5678`,
     `ipv6:[::1]:5678`, `unix:...`)."""
     peer = context.peer() or ""
@@ -161,7 +169,7 @@ def peer_address(context: grpc.aio.ServicerContext) -> str | None:
     return peer or None
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: ServingError) -> NoReturn:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: ServingError) -> NoReturn:
     await context.abort(grpc.StatusCode[grpc_status(exc)], exc.message)
     raise AssertionError("abort returned")  # pragma: no cover - abort always raises
 
@@ -211,8 +219,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         # the call
         timeout = deadline(state.settings.request_timeout_s, None if remaining is None
                            else max(remaining - DEADLINE_MARGIN_S, 0.001))
-        gone = asyncio.get_running_loop().create_future()
-        context.add_done_callback(lambda _: gone.done() or gone.set_result(None))
+        gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def call_done(_: object) -> None:
+            if not gone.done():
+                gone.set_result(None)
+
+        context.add_done_callback(call_done)
         requested: Sequence[str] | None = [o.name for o in request.outputs] or None
         state.drain.enter()
         try:

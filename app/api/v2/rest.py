@@ -72,7 +72,7 @@ async def server_ready(request: Request) -> Response:
 
 
 # -- models --------------------------------------------------------------------------------
-META = {"response_model": schemas.ModelMetadata, "summary": "Model metadata"}
+META: dict[str, Any] = {"response_model": schemas.ModelMetadata, "summary": "Model metadata"}
 
 
 @router.get("/models/{name}", **META, **documented(*MODEL_ERRORS, path=(NAME_DOC,)))

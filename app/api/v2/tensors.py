@@ -128,7 +128,7 @@ def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> Tens
                (datatype == "BOOL" and isinstance(x, bool)) for x in flat):
         raise _bad(f"input {name!r}: {datatype} data must be numbers", name)
     try:
-        array = np.asarray(flat, dtype=dtype)
+        array: np.ndarray = np.asarray(flat, dtype=dtype)
     except (OverflowError, ValueError) as exc:
         raise _bad(f"input {name!r}: {exc}", name) from None
     return Tensor(name, datatype, list(shape), array)
@@ -200,7 +200,10 @@ def outputs(result: InferenceResult, requested: Sequence[str] | None) -> list[Te
 
 
 def raw(t: Tensor) -> bytes:
-    return encode_bytes(t.data) if t.datatype == "BYTES" else np.ascontiguousarray(
+    if t.datatype == "BYTES":
+        assert isinstance(t.data, list)  # a BYTES tensor holds its items as bytes
+        return encode_bytes(t.data)
+    return np.ascontiguousarray(
         t.data, dtype=np.dtype(NUMPY[t.datatype]).newbyteorder("<")).tobytes()
 
 
