@@ -45,11 +45,6 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
             "BYTES": "bytes_contents"}
 
 
-def _param(p: pb.InferParameter) -> bool | int | str | float | None:
-    kind = p.WhichOneof("parameter_choice")
-    return getattr(p, kind) if kind else None
-
-
 def _input_tensors(request: pb.ModelInferRequest) -> list[tz.Tensor]:
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
