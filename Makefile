@@ -1,5 +1,6 @@
 # ortserve: the two set-up commands of the README, and the developer targets around them.
-#   make run    venv + install + train the quick default models if models/ is empty + serve :8000
+#   make run    venv + install + train the quick default models if models/ is empty + an API
+#               key in .ortserve/api-keys on first run + serve :8000 (keys required)
 #   make test   venv + install + system tools (promtool, prometheus, docker-compose) + ruff,
 #               mypy + pytest
 
@@ -7,6 +8,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
+# the API key `make run` serves with: made on first run, never committed (.gitignore)
+KEYS_FILE ?= .ortserve/api-keys
 export HF_HUB_OFFLINE := 1
 
 .PHONY: run test install train serve lint bench soak clean-models
@@ -24,12 +27,22 @@ install: $(VENV)/.installed
 train: install
 	$(BIN)/python -m training all --profile quick --output models
 
-run: install
+$(KEYS_FILE): | $(VENV)/.installed
+	@mkdir -p $(dir $@)
+	@umask 077 && $(BIN)/ortserve keygen > $@
+	@echo "A new API key for this server, kept in $@ (print it again with: cat $@):"
+	@echo "  $$(cat $@)"
+
+run: install $(KEYS_FILE)
 	@if ! ls models/*/[0-9]*/model.json >/dev/null 2>&1; then \
 		echo "models/ is empty: training the quick default models (about 3-5 minutes)"; \
 		$(BIN)/python -m training all --profile quick --output models || exit 1; \
 	fi
-	$(BIN)/ortserve serve --models models --host 0.0.0.0 --port $(PORT)
+	@echo "Every call needs the key; for example:"
+	@echo "  curl -s localhost:$(PORT)/predict -H \"Authorization: Bearer \$$(cat $(KEYS_FILE))\" \\"
+	@echo "       -H 'Content-Type: application/json' -d '{\"inputs\": [\"I love this phone\"]}'"
+	ORTSERVE_API_KEYS_FILE=$(KEYS_FILE) $(BIN)/ortserve serve --models models --host 0.0.0.0 \
+		--port $(PORT)
 
 serve: install
 	$(BIN)/ortserve serve --models models --port $(PORT)

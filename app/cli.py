@@ -90,6 +90,14 @@ def _import(a: argparse.Namespace) -> int:
     return 0
 
 
+def _keygen(a: argparse.Namespace) -> int:
+    """A new random API key (256 bits, URL-safe), for ORTSERVE_API_KEYS or a key file."""
+    import secrets
+
+    print(secrets.token_urlsafe(32))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ortserve", description="ONNX model server.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -132,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--models", default=os.environ.get("ORTSERVE_MODELS_DIR", "models"),
                    help="model repository root (ORTSERVE_MODELS_DIR, default models)")
     i.set_defaults(func=_import)
+    k = sub.add_parser("keygen", help="print a new random API key (for ORTSERVE_API_KEYS, "
+                                      "ORTSERVE_ADMIN_KEYS or a key file)")
+    k.set_defaults(func=_keygen)
     a = p.parse_args(argv)
     return a.func(a)
 

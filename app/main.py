@@ -12,7 +12,6 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.staticfiles import StaticFiles
 
 from app import __version__
 from app.api.admin import docs, health, repository
@@ -22,6 +21,7 @@ from app.api.edge.context import RequestContextMiddleware
 from app.api.edge.drain import ClosingConnections, Drain
 from app.api.edge.errors import install_fallback_handlers
 from app.api.edge.state import AppState
+from app.api.edge.static import PlaygroundFiles
 from app.api.v1 import explain, models, predict
 from app.api.v2 import repository as v2_repository
 from app.api.v2 import rest as v2_rest
@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(docs.router)
     if settings.ui:
         # the playground: static files that call the public API (which asks for the key)
-        app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
+        app.mount("/ui", PlaygroundFiles(UI_DIR), name="ui")
     # Starlette runs the last added middleware first: the request context, closing
     # connections while draining, CORS. Keys, limits and refusals while stopping are each
     # route's gate (app/api/edge/route.py).

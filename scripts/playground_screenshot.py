@@ -32,8 +32,7 @@ def main() -> int:
                                          args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1200, "height": 760})
             page.goto(f"{svc.url}/ui/")
-            page.wait_for_function("document.querySelector('#card-facts').textContent"
-                                   ".includes('text-classification')")
+            page.locator("#card-facts", has_text="text-classification").wait_for()
             page.fill("#text", TEXT)
             page.click("#explain")
             page.wait_for_selector("#result:not([hidden])")

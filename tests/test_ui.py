@@ -55,13 +55,23 @@ def page(service):
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.csp_violations = []
+            page.on("console", lambda m: "Content Security Policy" in m.text
+                    and page.csp_violations.append(m.text))
             yield page
+            # the page works under its own Content-Security-Policy (no inline styles, no eval)
+            assert page.csp_violations == []
         finally:
             browser.close()
 
 
 def test_the_page_is_served_without_a_key_and_the_api_still_asks_for_one(service):
-    assert httpx.get(f"{service.url}/ui/").status_code == 200
+    page = httpx.get(f"{service.url}/ui/")
+    assert page.status_code == 200
+    csp = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+    assert "unsafe" not in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
     assert httpx.get(f"{service.url}/ui/app.js").status_code == 200
     assert httpx.get(f"{service.url}/models").status_code == 401
 
@@ -73,8 +83,8 @@ def open_model(page, url: str, model: str, kind: str) -> None:
     page.dispatch_event("#api-key", "change")
     page.wait_for_selector(f"#model option[value={model}]", state="attached")
     page.select_option("#model", model)
-    page.wait_for_function("document.querySelector('#card-facts').textContent"
-                           f".includes('{kind}')")
+    # a locator, not a JS string: the page's Content-Security-Policy forbids eval
+    page.locator("#card-facts", has_text=kind).wait_for()
 
 
 def test_type_a_text_click_and_read_the_label_and_the_shaded_words(service, page):

@@ -39,11 +39,18 @@ function bar(name, value, scale, title, fromLeft) {
   const row = document.createElement("div");
   row.className = "bar";
   const share = scale > 0 ? Math.min(1, Math.abs(value) / scale) : 0;
-  const side = fromLeft ? `left:0;width:${share * 100}%`
-    : value >= 0 ? `left:50%;width:${share * 50}%` : `right:50%;width:${share * 50}%`;
   row.innerHTML = `<span class="name"></span><span class="track">` +
-    `<span class="fill ${value >= 0 ? "pos" : "neg"}" style="${side}"></span></span>` +
+    `<span class="fill ${value >= 0 ? "pos" : "neg"}"></span></span>` +
     `<span class="num"></span>`;
+  // set through the CSSOM: the page's Content-Security-Policy forbids inline style attributes
+  const fill = row.querySelector(".fill").style;
+  if (fromLeft) {
+    fill.left = "0";
+    fill.width = `${share * 100}%`;
+  } else {
+    fill[value >= 0 ? "left" : "right"] = "50%";
+    fill.width = `${share * 50}%`;
+  }
   row.querySelector(".name").textContent = name;
   row.querySelector(".name").title = title || name;
   row.querySelector(".num").textContent = fromLeft ? fmt(value) : (value >= 0 ? "+" : "") + fmt(value);
