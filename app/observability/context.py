@@ -26,6 +26,7 @@ class RequestContext:
     protocol: str = V1
     model: str | None = None
     version: int | None = None
+    key_id: str | None = None  # the caller's key, as the gate named it (never the key)
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("ortserve_request", default=None)
@@ -62,6 +63,18 @@ def name_model(model: str | None, version: int | None) -> None:
     ctx = _current.get()
     if ctx is not None:
         ctx.model, ctx.version = model, version
+
+
+def name_caller(key_id: str | None) -> None:
+    """Names the key the request came with (an id derived from it), for logs."""
+    ctx = _current.get()
+    if ctx is not None:
+        ctx.key_id = key_id
+
+
+def caller_id() -> str | None:
+    ctx = _current.get()
+    return ctx.key_id if ctx is not None else None
 
 
 def request_id() -> str | None:

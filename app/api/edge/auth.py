@@ -33,6 +33,7 @@ from app.api.edge.errors import (
     ShuttingDown,
     Unauthenticated,
 )
+from app.observability.context import name_caller
 from app.observability.metrics import Metrics
 from app.security.keys import KeyStore
 from app.security.ratelimit import AddressThrottle, BackendDown, Limiter
@@ -122,6 +123,7 @@ class Gate:
             self._failed(address, protocol, "wrong_key")
             raise PermissionDenied(f"{what} not accepted ({setting})")
         caller = Caller(hashlib.sha256(key).hexdigest(), address)
+        name_caller(caller.short_id)
         await self._take(limiter, caller, 1)
         return caller
 

@@ -54,4 +54,4 @@ def _log(scope: Scope, ctx: RequestContext, status: int, t0: float) -> None:
     access_log.info("%s %s %s", scope["method"], scope["path"], status, extra={
         "request_id": ctx.request_id, "method": scope["method"], "path": scope["path"],
         "status": status, "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
-        "model": ctx.model, "version": ctx.version})
+        "model": ctx.model, "version": ctx.version, "key_id": ctx.key_id})

@@ -30,7 +30,7 @@ from app.api.edge.params import header
 from app.api.edge.state import app_state
 from app.errors import ServingError
 from app.observability.audit import admin_action
-from app.observability.context import V1, V2, request_id, set_protocol
+from app.observability.context import V1, V2, caller_id, request_id, set_protocol
 
 log = logging.getLogger("ortserve.errors")
 
@@ -54,7 +54,6 @@ class EdgeRoute(APIRoute):
             if protocol != V1:
                 set_protocol(protocol)
             scope = request.scope
-            caller = ANONYMOUS
             try:
                 client = scope.get("client")
                 caller = await state.gate.admit(
@@ -70,11 +69,11 @@ class EdgeRoute(APIRoute):
                 finally:
                     state.drain.leave()
                 if access is Access.ADMIN:
-                    _audit(caller, protocol, request, str(response.status_code))
+                    _audit(protocol, request, str(response.status_code))
                 return response
             except ServingError as exc:
                 if access is Access.ADMIN:
-                    _audit(caller, protocol, request, exc.code)
+                    _audit(protocol, request, exc.code)
                 return render(exc)
             except BodyLost:
                 return Response(status_code=CLIENT_CLOSED_STATUS)
@@ -87,8 +86,8 @@ class EdgeRoute(APIRoute):
         return handle
 
 
-def _audit(caller: Caller, protocol: str, request: Request, outcome: str) -> None:
-    admin_action(caller.short_id, protocol, f"{request.method} {request.url.path}", outcome,
+def _audit(protocol: str, request: Request, outcome: str) -> None:
+    admin_action(caller_id(), protocol, f"{request.method} {request.url.path}", outcome,
                  request_id())
 
 

@@ -20,7 +20,7 @@ from urllib.parse import unquote
 import grpc
 from google.protobuf.message import Message
 
-from app.api.edge.auth import ANONYMOUS, Access, bearer
+from app.api.edge.auth import Access, bearer
 from app.api.edge.body import sized_work
 from app.api.edge.errors import InternalError, grpc_status
 from app.api.edge.params import deadline, version
@@ -123,20 +123,19 @@ def _guarded(access: Access) -> Callable[[Method[Req, Resp]], Method[Req, Resp]]
         async def handler(self: InferenceService, request: Req,
                           context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
             with request_context(os.urandom(16).hex(), GRPC) as ctx:
-                caller = ANONYMOUS
                 try:
                     metadata = dict(context.invocation_metadata() or ())
-                    caller = await self.state.gate.admit(
+                    await self.state.gate.admit(
                         access, bearer(metadata.get("authorization")), peer_address(context),
                         GRPC)
                     answer = await method(self, request, context)
                     if access is Access.ADMIN:
-                        admin_action(caller.short_id, GRPC, method.__name__, "OK",
+                        admin_action(ctx.key_id, GRPC, method.__name__, "OK",
                                      ctx.request_id)
                     return answer
                 except ServingError as exc:
                     if access is Access.ADMIN:
-                        admin_action(caller.short_id, GRPC, method.__name__,
+                        admin_action(ctx.key_id, GRPC, method.__name__,
                                      grpc_status(exc), ctx.request_id)
                     await _abort(context, exc)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
