@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api.admin import docs, health, repository
+from app.api.admin import docs, health, repository, rollout
 from app.api.admin import metrics as metrics_api
 from app.api.edge.auth import Gate
 from app.api.edge.context import RequestContextMiddleware
@@ -138,7 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   redoc_url=None, **_telemetry(settings.otel))
     install_fallback_handlers(app)
     for r in (predict.router, explain.router, models.router, health.router, metrics_api.router,
-              repository.router, v2_rest.health, v2_rest.router, v2_repository.router):
+              repository.router, rollout.router, v2_rest.health, v2_rest.router,
+              v2_repository.router):
         app.include_router(r)
     if settings.docs:
         app.include_router(docs.router)

@@ -145,6 +145,16 @@ class Settings(BaseSettings):
                                "this many model evaluations it may spend (inputs x its "
                                "evaluation budget), on top of its own token; one whose cost "
                                "exceeds the burst gets 429 at once.")
+    # Rollouts (README "Rollouts")
+    shadow_max_inflight: int = Field(
+        256, ge=1, description="Most shadowed inputs of one rollout waiting or running on its "
+                               "candidate; past it, shadow copies are dropped (counted).")
+    shadow_timeout_s: float = Field(
+        10.0, gt=0, description="A shadow copy that has not run within this long is dropped "
+                                "(the candidate's lane waits for idle moments).")
+    rollout_check_s: float = Field(
+        1.0, gt=0, description="How often a rollout with an automatic gate is evaluated.")
+
     ui: bool = Field(True, description="Serve the playground page at /ui (static files that "
                                        "use the public API only).")
 

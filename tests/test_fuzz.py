@@ -40,7 +40,10 @@ OPERATIONS = ["POST /predict", "POST /models/{name}/predict", "GET /models",
               "GET /health/live", "GET /health/ready", "GET /metrics",
               # no admin key is configured: these answer 401/403 and change nothing
               "GET /repository/index", "POST /repository/models/{name}/load",
-              "POST /repository/models/{name}/unload",
+              "POST /repository/models/{name}/unload", "GET /repository/models/{name}/rollout",
+              "PUT /repository/models/{name}/rollout",
+              "POST /repository/models/{name}/rollout/promote",
+              "DELETE /repository/models/{name}/rollout",
               # the Open Inference Protocol (v2)
               "GET /v2", "GET /v2/health/live", "GET /v2/health/ready", "GET /v2/models/{name}",
               "GET /v2/models/{name}/versions/{version}", "GET /v2/models/{name}/ready",

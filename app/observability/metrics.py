@@ -23,6 +23,7 @@ from app.observability.context import PROTOCOLS, protocol
 MS_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
               0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+DIFF_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 MODEL = ("model", "version")
 # The API a request came through (the `api` label): the request context's protocol
@@ -102,6 +103,44 @@ class Metrics:
         self.explain_in_progress = Gauge(
             "ortserve_explain_in_progress", "Explain requests being computed (bounded by "
             "ORTSERVE_EXPLAIN_MAX_CONCURRENT).", registry=r, multiprocess_mode="livesum")
+        pair = ("model", "stable", "candidate")
+        self.rollout_canary_percent = Gauge(
+            "ortserve_rollout_canary_percent", "Share (%) of the model's requests without a "
+            "version that the rollout's candidate answers.", pair, registry=r,
+            multiprocess_mode="livemax")
+        self.rollout_shadow_percent = Gauge(
+            "ortserve_rollout_shadow_percent", "Share (%) of the stable version's answers "
+            "also run on the candidate and compared.", pair, registry=r,
+            multiprocess_mode="livemax")
+        self.rollout_samples = Counter(
+            "ortserve_rollout_shadow_samples", "Shadowed inputs compared between the stable "
+            "version and the candidate.", pair, registry=r)
+        self.rollout_agreements = Counter(
+            "ortserve_rollout_shadow_agreements", "Shadowed inputs (classifiers) on whose label "
+            "the candidate agrees with the stable version.", pair, registry=r)
+        self.rollout_confusion = Counter(
+            "ortserve_rollout_shadow_labels", "Shadowed inputs by (stable label, candidate "
+            "label): the confusion matrix between the versions.",
+            (*pair, "stable_label", "candidate_label"), registry=r)
+        self.rollout_difference = Histogram(
+            "ortserve_rollout_shadow_difference", "Per shadowed input: classifiers, |score of "
+            "the stable version's label| between the versions; regressors, |value| "
+            "difference.", pair, buckets=DIFF_BUCKETS, registry=r)
+        self.rollout_relative_difference = Histogram(
+            "ortserve_rollout_shadow_relative_difference", "Regressors: |value difference| "
+            "over |stable value| per shadowed input.", pair, buckets=DIFF_BUCKETS,
+            registry=r)
+        self.rollout_shadow_errors = Counter(
+            "ortserve_rollout_shadow_errors", "Shadowed requests the candidate failed on.",
+            pair, registry=r)
+        self.rollout_shadow_dropped = Counter(
+            "ortserve_rollout_shadow_dropped", "Shadowed inputs dropped before they ran (the "
+            "shadow bound or the candidate's background lane was full, or they waited too "
+            "long): shadow work is what gives way under load.", pair, registry=r)
+        self.rollout_decisions = Counter(
+            "ortserve_rollout_decisions", "Rollouts ended, by decision (promote, rollback) "
+            "and reason (gate_met, forced, a failed criterion, manual).",
+            ("model", "decision", "reason"), registry=r)
         self._per_version = (self.inputs, self.input_seconds, self.queue_wait, self.inference,
                              self.batch_size,
                              self.batch_tokens, self.queue_depth, self.ready,
@@ -184,6 +223,61 @@ class ExplainObserver:
     def done(self, outcome: str, seconds: float) -> None:
         self._requests[outcome].inc()
         self._latency.observe(seconds)
+
+
+class RolloutObserver:
+    """The series of one rollout (model, stable, candidate), bound once; `forget` removes
+    them when the rollout ends, so ended rollouts leave no series behind."""
+
+    def __init__(self, metrics: Metrics, model: str, stable: int, candidate: int) -> None:
+        self.metrics = metrics
+        self.labels = (model, str(stable), str(candidate))
+        m, labels = metrics, self.labels
+        self._samples = m.rollout_samples.labels(*labels)
+        self._agreements = m.rollout_agreements.labels(*labels)
+        self._difference = m.rollout_difference.labels(*labels)
+        self._relative = m.rollout_relative_difference.labels(*labels)
+        self._errors = m.rollout_shadow_errors.labels(*labels)
+        self._dropped = m.rollout_shadow_dropped.labels(*labels)
+        self._pairs: set[tuple[str, str]] = set()
+
+    def split(self, canary_percent: float, shadow_percent: float) -> None:
+        self.metrics.rollout_canary_percent.labels(*self.labels).set(canary_percent)
+        self.metrics.rollout_shadow_percent.labels(*self.labels).set(shadow_percent)
+
+    def compared(self, agreed: bool | None, pair: tuple[str, str] | None, difference: float,
+                 relative: float | None) -> None:
+        self._samples.inc()
+        if agreed:
+            self._agreements.inc()
+        if pair is not None:
+            self._pairs.add(pair)
+            self.metrics.rollout_confusion.labels(*self.labels, *pair).inc()
+        self._difference.observe(difference)
+        if relative is not None:
+            self._relative.observe(relative)
+
+    def shadow_failed(self) -> None:
+        self._errors.inc()
+
+    def dropped(self, inputs: int) -> None:
+        self._dropped.inc(inputs)
+
+    def forget(self) -> None:
+        m = self.metrics
+        for metric in (m.rollout_canary_percent, m.rollout_shadow_percent, m.rollout_samples,
+                       m.rollout_agreements, m.rollout_difference,
+                       m.rollout_relative_difference, m.rollout_shadow_errors,
+                       m.rollout_shadow_dropped):
+            try:
+                metric.remove(*self.labels)
+            except KeyError:
+                pass
+        for pair in self._pairs:
+            try:
+                m.rollout_confusion.remove(*self.labels, *pair)
+            except KeyError:
+                pass
 
 
 class ModelObserver:

@@ -4,18 +4,21 @@ as (name, version, inputs, deadline); answers go out as typed results and views;
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from app.errors import LoadFailed, QueueFull
+from app.contract.rollout import RolloutSpec
+from app.errors import LoadFailed, QueueFull, ServingError
 from app.explain.explainer import ExplainOptions
-from app.serving.model import ClientGone, InferenceResult
+from app.serving.model import ClientGone, InferenceResult, outcome_of
 from app.serving.registry import ModelRegistry
 from app.serving.views import (
     READY,
     IndexEntry,
     ModelsReadiness,
     ModelView,
+    RolloutView,
     ServedVersion,
 )
 
@@ -52,13 +55,31 @@ class DataPlane:
 
     # -- requests ------------------------------------------------------------------------
     async def infer(self, name: str | None, version: int | None, inputs: Inputs,
-                    timeout_s: float, client_gone: ClientGone | None = None
-                    ) -> InferenceResult:
+                    timeout_s: float, client_gone: ClientGone | None = None,
+                    route_key: str | None = None) -> InferenceResult:
         """`inputs` may be a function of the answering version's view that decodes them (a
-        protocol's tensors): its errors count as that version's client errors."""
+        protocol's tensors): its errors count as that version's client errors. A request
+        without a version goes where the model's rollout splits it (`route_key`: the sticky
+        split's key), and its answer may be shadowed on the candidate."""
         # no await between the lookup and the submit inside infer(): a version swap
         # happens before or after this request, never during it
-        return await self.registry.get(name, version).infer(inputs, timeout_s, client_gone)
+        model, rollout = self.registry.route(name, version, route_key)
+        if rollout is None:
+            return await model.infer(inputs, timeout_s, client_gone)
+        t0, failed = time.perf_counter(), False
+        try:
+            result = await model.infer(inputs, timeout_s, client_gone)
+        except ServingError as exc:
+            failed = outcome_of(exc) == "server_error"
+            raise
+        except Exception:
+            failed = True
+            raise
+        finally:
+            rollout.record(model.version, failed, time.perf_counter() - t0)
+        if model.version == rollout.stable and rollout.wants_shadow():
+            self.registry.shadow(model.name, inputs, result)
+        return result
 
     async def explain(self, name: str | None, version: int | None, inputs: Sequence[object],
                       options: ExplainOptions, timeout_s: float,
@@ -96,6 +117,22 @@ class DataPlane:
         if version is None and rec.route is None:
             raise LoadFailed(f"failed to load {name!r}: {rec.error or rec.status}", model=view)
         return view
+
+    # -- rollouts ----------------------------------------------------------------------------
+    def rollout(self, name: str) -> RolloutView:
+        return self.registry.rollouts.view(name)
+
+    async def start_rollout(self, name: str, spec: RolloutSpec) -> RolloutView:
+        await self.registry.rollouts.start(name, spec)
+        return self.rollout(name)
+
+    async def promote(self, name: str, force: bool = False) -> ModelView:
+        rec = await self.registry.rollouts.promote(name, force)
+        return rec.view(self.registry.policy(name))
+
+    async def end_rollout(self, name: str) -> ModelView:
+        rec = await self.registry.rollouts.end(name)
+        return rec.view(self.registry.policy(name))
 
     async def unload(self, name: str, version: int | None = None) -> ModelView:
         """Drain and unload one version, or every version of the model."""

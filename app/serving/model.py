@@ -284,6 +284,27 @@ class LoadedModel:
             if self._inflight == 0:
                 self._idle.set()
 
+    async def run_background(self, inputs: Sequence[object] | Callable[
+            [ServedVersion], Sequence[object]], timeout_s: float) -> Sequence[Any]:
+        """Outputs for `inputs` from the low-priority lane (a rollout's shadow copy of a
+        request): nothing waits for them, no request metric counts them, and they give way
+        to predictions. Raises QueueFull when the lane is full, DeadlineExceeded after
+        `timeout_s`, ModelNotReady once this version leaves."""
+        if not self._accepting:
+            raise ModelNotReady(f"model {self.name} version {self.version} is draining")
+        if callable(inputs):
+            inputs = inputs(self.view())
+        if self.pipeline.runs_inline(inputs):
+            payloads, costs = self.pipeline.preprocess(inputs)
+        else:
+            payloads, costs = await asyncio.to_thread(self.pipeline.preprocess, inputs)
+        job = self.queue.submit_low(payloads, costs)
+        guard = _Guard(job, timeout_s, None, 0.0)
+        try:
+            return await self._outputs(job, "shadow batch")
+        finally:
+            guard.cancel()
+
     async def drain(self) -> None:
         """Stop taking requests; return once every accepted one has been answered."""
         self._accepting = False

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from app.serving.model import LoadedModel
+from app.serving.rollout import Rollout
+from app.serving.shadow import ShadowRunner
 from app.serving.views import (
     FAILED,
     LOADING,
@@ -33,6 +35,10 @@ class ModelRecord:
     excluded: set[int] = field(default_factory=set)  # unloaded explicitly
     wanted: bool = True  # False once every version was unloaded explicitly
     error: str | None = None  # why no version serves
+    rollout: Rollout | None = None  # a candidate tried beside the routed version
+    shadow: ShadowRunner | None = None  # the rollout's shadow copies in flight
+    rollout_file: tuple[int, int] | None = None  # rollout.json as last read
+    rollout_error: str | None = None  # why the declared rollout does not run
 
     def version(self, v: int) -> VersionRecord:
         return self.versions.setdefault(v, VersionRecord(v))

@@ -28,11 +28,13 @@ from app.errors import ChangeRefused, ModelNotFound, ModelNotReady
 from app.observability.metrics import Metrics
 from app.runtime.session import DeviceError
 from app.serving import loader
-from app.serving.model import LoadedModel
+from app.serving.model import InferenceResult, LoadedModel
 from app.serving.policy import VersionPolicy, policy_setting
 from app.serving.poll import Poller, settling
 from app.serving.records import ModelRecord, VersionRecord
 from app.serving.retire import retire
+from app.serving.rollout import Rollout
+from app.serving.rollouts import Rollouts
 from app.serving.series import VersionSeries
 from app.serving.views import (
     DRAINING,
@@ -55,8 +57,9 @@ class ModelRegistry:
         self.series = VersionSeries(metrics)
         self.metrics = metrics
         self.records: dict[str, ModelRecord] = {}
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # one change of what serves at a time
         self._poller: Poller | None = None
+        self.rollouts = Rollouts(self, settings, metrics)
 
     # -- lookups (synchronous: a request sees one state of the registry) ----------------
     @property
@@ -97,6 +100,31 @@ class ModelRegistry:
         served = list(rec.ready())
         raise ModelNotFound(f"model {rec.name} version {version} is not served (serving "
                             f"{served or 'none'})", {"field": "version", "served": served})
+
+    def route(self, name: str | None, version: int | None, route_key: str | None = None
+              ) -> tuple[LoadedModel, Rollout | None]:
+        """The model that answers (name, version), and the rollout that chose it (None when
+        the version was asked for or no rollout runs): a request without a version goes
+        to the rollout's candidate or stable version as its split says."""
+        rec = self.record(name)
+        rollout = rec.rollout
+        if version is not None or rollout is None:
+            return self.get(name, version), None
+        chosen = rollout.route(route_key)
+        vr = rec.versions.get(chosen)
+        if vr is None or vr.state != READY or vr.model is None:
+            return self.get(name, None), None  # the candidate is not ready: stable answers
+        return vr.model, rollout
+
+    def shadow(self, name: str, inputs: object, result: InferenceResult) -> None:
+        """Run the inputs the stable version answered (`result`) on the rollout's
+        candidate too, off the request's path (`shadow.py`)."""
+        rec = self.records.get(name)
+        if rec is None or rec.rollout is None or rec.shadow is None:
+            return
+        vr = rec.versions.get(rec.rollout.candidate)
+        if vr is not None and vr.state == READY and vr.model is not None:
+            rec.shadow.submit(vr.model, inputs, result)
 
     def readiness(self) -> ModelsReadiness:
         """Models that should serve and cannot; a model whose versions were all unloaded
@@ -139,15 +167,16 @@ class ModelRegistry:
         names = self.settings.models or model_names(self.root)
         if not self.root.is_dir():
             log.error("model repository %s does not exist", self.root)
-        async with self._lock:
+        async with self.lock:
             for name in names:
                 self.records[name] = ModelRecord(name)
                 await self._sync(self.records[name], initial=True)
         if self.settings.repository_poll_s > 0:
             self._poller = Poller(self.poll, self.settings.repository_poll_s)
             self._poller.start()
+        self.rollouts.start_watching()
 
-    def _check_single_process(self) -> None:
+    def check_single_process(self) -> None:
         workers = resolved_workers(self.settings)
         if workers > 1:
             # each worker process has its own registry: a change asked of one would reach
@@ -159,8 +188,8 @@ class ModelRegistry:
     async def load(self, name: str, version: int | None = None) -> ModelRecord:
         """Load `version` (and route unversioned requests to it until the next load) or,
         without a version, apply the model's policy afresh. Returns once done or failed."""
-        self._check_single_process()
-        async with self._lock:
+        self.check_single_process()
+        async with self.lock:
             rec = self.records.get(name)
             if rec is None:
                 if name not in model_names(self.root):
@@ -186,8 +215,8 @@ class ModelRegistry:
 
     async def unload(self, name: str, version: int | None = None) -> ModelRecord:
         """Take one version (or every version) out of service: drained, then closed."""
-        self._check_single_process()
-        async with self._lock:
+        self.check_single_process()
+        async with self.lock:
             rec = self.record(name)
             ready = rec.ready()
             if version is None:
@@ -207,7 +236,7 @@ class ModelRegistry:
 
     async def poll(self) -> None:
         """One pass of the poll mode: follow the repository folder."""
-        async with self._lock:
+        async with self.lock:
             if not self.settings.models:
                 for name in model_names(self.root):
                     self.records.setdefault(name, ModelRecord(name))
@@ -219,11 +248,20 @@ class ModelRegistry:
                     del self.records[rec.name]  # its folder is gone: so is the model
 
     # -- the one place where versions come and go ---------------------------------------
+    async def sync(self, rec: ModelRecord, force: int | None = None,
+                   keep: set[int] | None = None) -> None:
+        """`_sync` for the rollouts (under the lock): `keep` versions stay loaded too."""
+        await self._sync(rec, force=force, keep=keep)
+
     async def _sync(self, rec: ModelRecord, initial: bool = False, polling: bool = False,
-                    force: int | None = None) -> None:
-        """Make the served versions of `rec` what its policy, pin and exclusions say."""
+                    force: int | None = None, keep: set[int] | None = None) -> None:
+        """Make the served versions of `rec` what its rollout or policy, pin and exclusions
+        say."""
+        self.rollouts.follow_file(rec)
         on_disk = version_folders(self.root, rec.name)
         candidates, enough = self._candidates(rec, on_disk, polling)
+        if keep:
+            candidates, enough = candidates + sorted(keep), enough + len(keep)
         checker = _VersionChecker(self, rec, on_disk, polling, force)
         wanted: list[int] = []
         for v in candidates:  # the policy's versions, best first, until it has enough
@@ -247,6 +285,7 @@ class ModelRegistry:
             failures = [r.reason for r in rec.versions.values() if r.state == FAILED]
             rec.error = failures[-1] if failures else None
         await retire(rec, [v for v in ready if v not in serve], self.series, self.root)
+        self.rollouts.after_sync(rec)
 
     def _candidates(self, rec: ModelRecord, on_disk: list[int],
                     polling: bool) -> tuple[list[int], int]:
@@ -256,6 +295,8 @@ class ModelRegistry:
             rec.error = f"no folder {rec.name} in {self.root}"
         elif not on_disk:
             rec.error = "no numbered version folder"
+        if rec.rollout is not None:  # both versions of the rollout serve, whatever the policy
+            return [rec.rollout.stable, rec.rollout.candidate], 2
         try:
             policy = VersionPolicy.parse(self.policy(rec.name))
         except ValueError as exc:
@@ -294,7 +335,9 @@ class ModelRegistry:
         """Switch requests without a version to the pinned or highest served version, and
         mark every other ready version as leaving, in one step (no await)."""
         before = rec.routed_version
-        if rec.pinned is not None and rec.pinned in serve:
+        if rec.rollout is not None and rec.rollout.stable in serve:
+            rec.route = serve[rec.rollout.stable]
+        elif rec.pinned is not None and rec.pinned in serve:
             rec.route = serve[rec.pinned]
         else:
             rec.route = serve[max(serve)] if serve else None
@@ -316,6 +359,7 @@ class ModelRegistry:
     async def drain(self) -> None:
         if self._poller is not None:
             self._poller.stop()
+        self.rollouts.stop()
         models = [m for rec in self.records.values() for m in rec.ready().values()]
         await asyncio.gather(*(m.drain() for m in models))
 

@@ -3,6 +3,7 @@ closed, their series withdrawn and their memory handed back."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
@@ -30,5 +31,9 @@ async def retire(rec: ModelRecord, versions: list[int], series: VersionSeries,
         if not (root / rec.name / str(v)).is_dir():
             del rec.versions[v]  # gone from disk too: nothing left to report
         del model
+        # A version caught in a reference cycle (a cancelled task's traceback, a pending
+        # timer) is freed only by the cycle collector: collect first, so the trim below
+        # hands its weights back now rather than never (tests/test_registry.py).
+        gc.collect()
         release_freed_memory()
         log.info("model %s version %s unloaded", rec.name, v)

@@ -85,3 +85,59 @@ class ModelsReadiness:
 
     not_ready: Mapping[str, str]
     configured: int
+
+
+@dataclass(frozen=True, slots=True)
+class VersionAnswers:
+    """What one version of a rollout answered of the requests without a version."""
+
+    version: int
+    role: str  # stable or candidate
+    requests: int
+    errors: int
+    error_rate: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowView:
+    samples: int
+    agreements: int | None  # classifiers only
+    agreement_rate: float | None
+    agreement_interval: tuple[float, float] | None  # 95% (Wilson)
+    mean_difference: float | None
+    p95_difference: float | None
+    p95_relative_difference: float | None  # regressors only
+    confusion: tuple[tuple[str, str, int], ...]  # (stable label, candidate label, inputs)
+    errors: int
+    dropped: int
+    inflight: int
+
+
+@dataclass(frozen=True, slots=True)
+class CriterionView:
+    name: str
+    status: str  # met, not_met, not_enough_data or not_applicable
+    value: float | None
+    threshold: float | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutView:
+    """A model's rollout and what it measured; `active` False when none runs (`error`
+    then says why a declared one does not)."""
+
+    model: str
+    active: bool
+    source: str | None  # api or file
+    stable: int | None
+    candidate: int | None
+    spec: Mapping[str, Any] | None  # the rollout as given (RolloutSpec's fields)
+    started_at: float | None
+    answers: tuple[VersionAnswers, ...]
+    shadow: ShadowView | None
+    criteria: tuple[CriterionView, ...]
+    promotable: bool
+    error: str | None

@@ -61,6 +61,24 @@ def timeout(raw: bytes | None) -> float | None:
     return value
 
 
+ROUTE_KEY_HEADER = "X-Route-Key"
+ROUTE_KEY = ROUTE_KEY_HEADER.lower().encode("latin-1")
+MAX_ROUTE_KEY = 256
+
+
+def route_key(raw: bytes | str | None, field: str = ROUTE_KEY_HEADER) -> str | None:
+    """A rollout's sticky-split key (a user or session id): 1 to MAX_ROUTE_KEY characters
+    after trimming; None when absent."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str | bytes) or len(raw) > MAX_ROUTE_KEY:
+        raise InvalidRequest(field, f"must be a string of at most {MAX_ROUTE_KEY} characters")
+    key = (raw.decode("latin-1") if isinstance(raw, bytes) else raw).strip()
+    if not key:
+        raise InvalidRequest(field, "must not be empty")
+    return key
+
+
 def deadline(server_timeout_s: float, *limits: float | None) -> float:
     """Seconds a request may take: the server's setting, lowered by any limit the request
     sets (a header, a protocol parameter, a gRPC deadline); never raised."""
@@ -78,3 +96,7 @@ TIMEOUT_DOC = {"name": TIMEOUT_HEADER, "in": "header", "required": False,
                "schema": {"type": "number", "minimum": MIN_TIMEOUT_S, "maximum": 999999},
                "description": f"Seconds (at least {MIN_TIMEOUT_S}) before this request gives "
                               "up with 504; the server setting caps it."}
+ROUTE_KEY_DOC = {"name": ROUTE_KEY_HEADER, "in": "header", "required": False,
+                 "schema": {"type": "string", "maxLength": MAX_ROUTE_KEY},
+                 "description": "With a sticky rollout (README \"Rollouts\"), requests with "
+                                "the same key reach the same version."}

@@ -30,6 +30,10 @@ def deadline(request: Request, state: AppState) -> float:
         params.header(request.scope["headers"], params.TIMEOUT_KEY)))
 
 
+def route_key(request: Request) -> str | None:
+    return params.route_key(params.header(request.scope["headers"], params.ROUTE_KEY))
+
+
 def path_name(request: Request) -> str:
     return params.model_name(request.path_params["name"])
 

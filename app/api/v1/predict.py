@@ -12,7 +12,7 @@ from starlette.responses import Response
 from app.api.edge.auth import Access
 from app.api.edge.body import client_gone
 from app.api.edge.errors import json_response
-from app.api.edge.params import NAME_DOC, TIMEOUT_DOC
+from app.api.edge.params import NAME_DOC, ROUTE_KEY_DOC, TIMEOUT_DOC
 from app.api.edge.route import openapi, route_class
 from app.api.edge.state import app_state
 from app.api.v1 import codec
@@ -28,7 +28,7 @@ async def _predict(request: Request, name: str | None, version: int | None,
     timeout = codec.deadline(request, state)
     name_model(name, version)
     result = await state.dataplane.infer(name, version, inputs, timeout,
-                                         lambda: client_gone(request))
+                                         lambda: client_gone(request), codec.route_key(request))
     name_model(result.model, result.version)
     return json_response({
         "model": result.model, "version": result.version,
@@ -40,7 +40,8 @@ async def _predict(request: Request, name: str | None, version: int | None,
 
 @router.post("/predict", response_model=PredictResponse,
              summary="Predict with the named (or default) model",
-             **openapi([TIMEOUT_DOC], PredictRequest, codec.ERRORS, codec.ERROR_MODEL))
+             **openapi([TIMEOUT_DOC, ROUTE_KEY_DOC], PredictRequest, codec.ERRORS,
+                       codec.ERROR_MODEL))
 async def predict(request: Request) -> Response:
     t0 = time.perf_counter()
     body = await codec.read(request, app_state(request), PredictRequest)
@@ -49,7 +50,7 @@ async def predict(request: Request) -> Response:
 
 @router.post("/models/{name}/predict", response_model=PredictResponse,
              summary="Predict with the model in the path",
-             **openapi([NAME_DOC, TIMEOUT_DOC], ModelPredictRequest, codec.ERRORS,
+             **openapi([NAME_DOC, TIMEOUT_DOC, ROUTE_KEY_DOC], ModelPredictRequest, codec.ERRORS,
                        codec.ERROR_MODEL))
 async def predict_model(request: Request) -> Response:
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from app.api.edge.auth import Access, bearer
 from app.api.edge.body import sized_work
 from app.api.edge.errors import InternalError, grpc_status
-from app.api.edge.params import deadline, version
+from app.api.edge.params import deadline, route_key, version
 from app.api.edge.readiness import model_ready, readiness
 from app.api.edge.state import AppState
 from app.api.v2 import tensors as tz
@@ -221,11 +221,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
         context.add_done_callback(call_done)
         requested: Sequence[str] | None = [o.name for o in request.outputs] or None
+        metadata = dict(context.invocation_metadata() or ())
+        key = route_key(metadata.get("x-route-key"), "x-route-key")
         state.drain.enter()
         try:
             result = await state.dataplane.infer(request.model_name, model_version,
                                                  lambda model: tz.to_inputs(model, tensors),
-                                                 timeout, lambda: gone)
+                                                 timeout, lambda: gone, key)
         finally:
             state.drain.leave()
         name_model(result.model, result.version)

@@ -22,7 +22,7 @@ from app.api.edge import body as edge_body
 from app.api.edge import params
 from app.api.edge.auth import Access
 from app.api.edge.errors import JSON, json_response
-from app.api.edge.params import NAME_DOC, TIMEOUT_DOC, VERSION_DOC
+from app.api.edge.params import NAME_DOC, ROUTE_KEY_DOC, TIMEOUT_DOC, VERSION_DOC
 from app.api.edge.readiness import model_ready, readiness
 from app.api.edge.route import openapi, route_class
 from app.api.edge.state import app_state
@@ -146,11 +146,12 @@ def _timeout_param(req: schemas.InferenceRequest) -> float | None:
 
 
 @router.post("/models/{name}/infer", response_model=schemas.InferenceResponse,
-             summary="Inference", **documented(*INFER_ERRORS, path=(NAME_DOC, TIMEOUT_DOC),
-                                               body=schemas.InferenceRequest))
+             summary="Inference",
+             **documented(*INFER_ERRORS, path=(NAME_DOC, TIMEOUT_DOC, ROUTE_KEY_DOC),
+                          body=schemas.InferenceRequest))
 @router.post("/models/{name}/versions/{version}/infer",
              response_model=schemas.InferenceResponse, summary="Inference (one version)",
-             **documented(*INFER_ERRORS, path=(NAME_DOC, VERSION_DOC, TIMEOUT_DOC),
+             **documented(*INFER_ERRORS, path=(NAME_DOC, VERSION_DOC, TIMEOUT_DOC, ROUTE_KEY_DOC),
                           body=schemas.InferenceRequest))
 async def infer(request: Request) -> Response:
     state = app_state(request)
@@ -163,9 +164,12 @@ async def infer(request: Request) -> Response:
                                               params.header(headers, HEADER_LENGTH))
     deadline = params.deadline(state.settings.request_timeout_s, timeout, _timeout_param(req))
     requested, binary = _binary_wanted(req)
+    key = (req.parameters or {}).get("route_key")
+    route_key = params.route_key(key, "parameters.route_key") if key is not None else \
+        params.route_key(params.header(headers, params.ROUTE_KEY))
     result = await state.dataplane.infer(name, version,
                                          lambda model: to_inputs(model, tensors), deadline,
-                                         lambda: edge_body.client_gone(request))
+                                         lambda: edge_body.client_gone(request), route_key)
     name_model(result.model, result.version)
     all_binary = bool((req.parameters or {}).get("binary_data_output", False))
     out_json, blobs = [], []
