@@ -62,6 +62,8 @@ def _exported_names(text: str) -> set[str]:
             names.add(name)
             if kind == "histogram":
                 names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+            elif kind == "counter":  # a counter without series yet: its samples' name
+                names.add(f"{name}_total")
         elif line and not line.startswith("#"):
             names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     return names
