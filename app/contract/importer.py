@@ -3,7 +3,7 @@
 The graph is checked the way the server will use it (its inputs and outputs fit the kind,
 the batch axis is dynamic, it runs once on ONNX Runtime and answers one row per input of
 the declared width), then published as the model's next version with a manifest whose
-hashes the server verifies. The graph is read once: what
+hashes the server verifies (and signed, given a private key). The graph is read once: what
 is checked is what is copied. A graph that keeps tensors in other files (external data)
 is refused, as the repository would refuse it. A Hugging Face Optimum export of a
 sequence classifier (input_ids, attention_mask, token_type_ids -> logits) and a
@@ -26,6 +26,7 @@ from app.contract.background import BACKGROUND_FILE, MAX_ROWS, write_background
 from app.contract.graphscan import NotAGraph, external_tensors
 from app.contract.manifest import NAME_PATTERN, Kind
 from app.contract.publish import new_version
+from app.contract.signing import SigningKey
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PROBE_TEXTS = ["a first short text to check the graph", "and a second one"]
@@ -48,6 +49,7 @@ class ImportRequest:
     output: str | None = None
     softmax: bool | None = None  # None: decided by running the graph
     background: Path | None = None  # CSV of rows for explanations (feature models)
+    sign_key: SigningKey | None = None  # sign the version as it is published
 
 
 def _dynamic(dim) -> bool:
@@ -214,7 +216,7 @@ def import_model(req: ImportRequest) -> tuple[int, Path]:
     features = [f["name"] for f in fields["inputs"].get("features", [])]
     background = (background_rows(req.background, features) if req.background is not None
                   else None)
-    with new_version(req.models_dir, req.name) as writer:
+    with new_version(req.models_dir, req.name, req.sign_key) as writer:
         if background is not None and req.background is not None:
             write_background(writer.dir / BACKGROUND_FILE, features, background,
                              f"imported from {req.background.name}")
