@@ -14,7 +14,10 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN pip install --no-compile .
+# The ONNX Runtime the image serves with, pinned: 1.24.1 or later refuses external-data
+# paths that leave a model's folder (pyproject.toml); this one is the version tested.
+ARG ONNXRUNTIME_VERSION=1.32.0
+RUN pip install --no-compile . "onnxruntime==${ONNXRUNTIME_VERSION}"
 
 FROM builder AS trainer
 # PyPI's Linux torch wheels bundle CUDA (several GB); training the quick models needs only

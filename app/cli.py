@@ -51,12 +51,34 @@ def _serve(a: argparse.Namespace) -> int:
     return 0
 
 
+def _trusted_keys(entries: list[str] | None):
+    """The keys of --public-key flags, else the server's (ORTSERVE_MODEL_PUBLIC_KEYS); None
+    if neither names one. ValueError (SettingsError) names what cannot be read."""
+    from app.contract.signing import load_public_keys
+    from app.settings import load_settings
+
+    if entries:
+        try:
+            return load_public_keys(entries)
+        except ValueError as exc:
+            raise ValueError(f"--public-key {exc}") from None
+    if "ORTSERVE_MODEL_PUBLIC_KEYS" not in os.environ:
+        return None
+    listed = load_settings().model_public_keys  # parsed and checked as the server does
+    return load_public_keys(listed) if listed else None
+
+
 def _check(a: argparse.Namespace) -> int:
     """Verify the repository the way the server does, without starting it."""
     from app.contract.repository import scan
 
+    try:
+        trusted = _trusted_keys(None)
+    except ValueError as exc:
+        print(f"ortserve: {exc}", file=sys.stderr)
+        return 2
     ok = True
-    for entry in scan(Path(a.models)):
+    for entry in scan(Path(a.models), trusted=trusted):
         state = "ok" if entry.error is None else f"FAILED: {entry.error}"
         ok &= entry.error is None
         print(json.dumps({"model": entry.name, "version": entry.version,
@@ -64,11 +86,72 @@ def _check(a: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _version_folder(path: str) -> tuple[str, int, Path]:
+    """(model name, version, folder) of models/<name>/<version>; ValueError if the path is
+    not shaped so."""
+    folder = Path(path)
+    name, version = folder.resolve().parent.name, folder.resolve().name
+    if not (version.isascii() and version.isdigit()):
+        raise ValueError(f"{path}: not a version folder (models/<name>/<version>)")
+    return name, int(version), folder
+
+
+def _sign(a: argparse.Namespace) -> int:
+    """Check a version as the server does, then sign every file of its folder."""
+    from app.contract.repository import VersionRejected, verify
+    from app.contract.signing import SigningError, sign_folder, signing_key
+
+    try:
+        name, version, folder = _version_folder(a.folder)
+        key = signing_key(a.key)
+        if key is None:
+            raise SigningError("no private key: give --key or set ORTSERVE_SIGN_KEY")
+        verify(name, version, folder, every_artifact=True)  # never sign a broken version
+        sig = sign_folder(folder, key)
+    except VersionRejected as exc:
+        print(f"FAILED: {a.folder}: not signed: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # SigningError included
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"signed: {a.folder}: {sig}")
+    return 0
+
+
+def _verify(a: argparse.Namespace) -> int:
+    """Verify one version with a public key, as the server does with
+    ORTSERVE_MODEL_PUBLIC_KEYS: exit 0 and `ok`, or 1 and the reason the server gives."""
+    from app.contract.repository import VersionRejected, verify
+
+    try:
+        name, version, folder = _version_folder(a.folder)
+        trusted = _trusted_keys(a.public_key)
+        if trusted is None:
+            raise ValueError("no public key: give --public-key or set "
+                             "ORTSERVE_MODEL_PUBLIC_KEYS")
+        verify(name, version, folder, trusted=trusted, every_artifact=True)
+    except VersionRejected as exc:
+        print(f"FAILED: {a.folder}: {exc}")
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"ok: {a.folder}: {name} version {version}, signed by a trusted key, every file "
+          "matches")
+    return 0
+
+
 def _import(a: argparse.Namespace) -> int:
     """Check a graph and publish it as the model's next version; exit 2 when it cannot
     serve as declared (one line on stderr saying why)."""
     from app.contract.importer import GraphRejected, ImportRequest, import_model
+    from app.contract.signing import SigningError, signing_key
 
+    try:
+        sign_key = signing_key(a.sign_key)
+    except SigningError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     split = (lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None)  # noqa: E731
     req = ImportRequest(model=Path(a.model), name=a.name, kind=a.kind,
                         models_dir=Path(a.models), labels=split(a.labels),
@@ -76,7 +159,8 @@ def _import(a: argparse.Namespace) -> int:
                         features=split(a.features), max_length=a.max_length,
                         output=a.output, softmax={"auto": None, "yes": True,
                                                   "no": False}[a.softmax],
-                        background=Path(a.background) if a.background else None)
+                        background=Path(a.background) if a.background else None,
+                        sign_key=sign_key)
     if not req.model.is_file():
         print(f"error: {req.model}: no such file", file=sys.stderr)
         return 2
@@ -139,7 +223,23 @@ def main(argv: list[str] | None = None) -> int:
                                         "unknown features from")
     i.add_argument("--models", default=os.environ.get("ORTSERVE_MODELS_DIR", "models"),
                    help="model repository root (ORTSERVE_MODELS_DIR, default models)")
+    i.add_argument("--sign-key", help="sign the new version with this EC private key (PEM; "
+                                      "default ORTSERVE_SIGN_KEY; an encrypted key's "
+                                      "password in ORTSERVE_SIGN_KEY_PASSWORD)")
     i.set_defaults(func=_import)
+    g = sub.add_parser("sign", help="check a version folder, then sign every file of it "
+                                    "(OpenSSF model-signing format, model.sig)")
+    g.add_argument("folder", help="the version folder, models/<name>/<version>")
+    g.add_argument("--key", help="EC private key (PEM; default ORTSERVE_SIGN_KEY; an "
+                                 "encrypted key's password in ORTSERVE_SIGN_KEY_PASSWORD)")
+    g.set_defaults(func=_sign)
+    v = sub.add_parser("verify", help="verify a version folder's signature and files as the "
+                                      "server does (exit 0 ok, 1 refused)")
+    v.add_argument("folder", help="the version folder, models/<name>/<version>")
+    v.add_argument("--public-key", action="append",
+                   help="trusted public key (PEM file); repeat for several (default "
+                        "ORTSERVE_MODEL_PUBLIC_KEYS)")
+    v.set_defaults(func=_verify)
     k = sub.add_parser("keygen", help="print a new random API key (for ORTSERVE_API_KEYS, "
                                       "ORTSERVE_ADMIN_KEYS or a key file)")
     k.set_defaults(func=_keygen)

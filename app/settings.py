@@ -63,6 +63,14 @@ class Settings(BaseSettings):
                     "this host and provider, and serves the fastest; `manifest` serves the "
                     "manifest's default; or a variant's name. One value for every model "
                     "(`auto`) or JSON per model, e.g. {\"sentiment\": \"fp32\"}.")
+    model_public_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Public keys (EC P-256/384/521, PEM) whose signature every version must "
+                    "carry (`ortserve sign`, OpenSSF model-signing format, `model.sig`): "
+                    "paths of PEM files, or PEM text, comma-separated. A version whose "
+                    "signature is missing, made by another key or does not match its "
+                    "files is refused (reason `signature`). Empty: signatures are not "
+                    "checked.")
 
     # Execution
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -264,8 +272,16 @@ class Settings(BaseSettings):
                                  "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
         return self
 
+    @field_validator("model_public_keys", mode="after")
+    @classmethod
+    def _public_keys(cls, v: list[str]) -> list[str]:
+        from app.contract.signing import load_public_keys
+
+        load_public_keys(v)  # refuse to start on a key that cannot be read
+        return v
+
     @field_validator("models", "cors_origins", "api_keys", "admin_keys", "auth_exempt_paths",
-                     mode="before")
+                     "model_public_keys", mode="before")
     @classmethod
     def _comma_list(cls, v):
         return _json_or(v, "[", lambda text: [x.strip() for x in text.split(",") if x.strip()])

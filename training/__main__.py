@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", type=Path,
                    help="sentiment: a local Hugging Face encoder folder (config, weights, "
                         "tokenizer.json) to fine-tune instead of the packaged MiniLM-L6")
+    p.add_argument("--sign-key", type=Path,
+                   help="sign each new version with this EC private key (PEM; default "
+                        "ORTSERVE_SIGN_KEY; an encrypted key's password in "
+                        "ORTSERVE_SIGN_KEY_PASSWORD); a server with "
+                        "ORTSERVE_MODEL_PUBLIC_KEYS loads only signed versions")
     p.add_argument("-v", "--verbose", action="store_true", help="log export/parity details")
     return p
 
@@ -55,7 +60,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 
 
 def run_task(task: str, a: argparse.Namespace):
-    common = dict(output=a.output, name=a.name, seed=a.seed, profile=a.profile)
+    common = dict(output=a.output, name=a.name, seed=a.seed, profile=a.profile,
+                  sign_key=a.signing_key)
     if task == "sentiment":
         from training import sentiment
 
@@ -103,8 +109,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("root").setLevel(logging.ERROR)  # quantizer's pre-processing hint
 
+    from app.contract.signing import SigningError, signing_key
     from training.data import DataError
     from training.export import ExportError
+
+    try:  # checked before training, not when the version is published
+        a.signing_key = signing_key(a.sign_key)
+    except SigningError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     tasks = ("sentiment", "tabular", "regression") if a.task == "all" else (a.task,)
     t0 = time.perf_counter()

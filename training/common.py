@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.contract.signing import SigningKey
 from training.export import check_parity, export_onnx
 
 PARITY_BATCHES = (1, 7, 64)  # the export example uses batch 3
@@ -48,18 +49,19 @@ def export_rows_model(module: torch.nn.Module, X_ref: np.ndarray, path: Path,
 def publish_rows_model(output: Path, name: str, kind: str, module: torch.nn.Module, table,
                        splits, seed: int, profile: str, hyperparameters: dict, t0: float,
                        outputs: dict, evaluate_outputs, export=export_rows_model,
-                       labels: list[str] | None = None) -> TaskResult:
+                       labels: list[str] | None = None,
+                       sign_key: SigningKey | None = None) -> TaskResult:
     """Export, evaluate on the test split with ONNX Runtime, and commit a new version.
 
     `evaluate_outputs(model_outputs)` returns the test metrics; `export` is the exporter
-    (parity-checked by default).
+    (parity-checked by default); `sign_key` signs the version as it is published.
     """
     from app.contract.background import BACKGROUND_FILE, DEFAULT_ROWS, sample_rows, write_background
     from training.export import run_onnx
     from training.repository import new_version, provenance
 
     X_test = table.X[splits.test]
-    with new_version(output, name) as version:
+    with new_version(output, name, sign_key) as version:
         onnx_path = version.dir / "model.onnx"
         parity = export(module, X_test, onnx_path, outputs["name"], seed)
         X_train = table.X[splits.train]

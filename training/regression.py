@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from app.contract.signing import SigningKey
 from training import data, evaluate
 from training.common import TaskResult, export_rows_model, publish_rows_model, seed_everything
 from training.mlp import FitConfig, Regressor, fit
@@ -23,7 +24,8 @@ def _mse(model: Regressor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def run(output: Path, name: str | None, seed: int, profile: str,
-        csv: Path | None = None, target_column: str | None = None) -> TaskResult:
+        csv: Path | None = None, target_column: str | None = None,
+        sign_key: SigningKey | None = None) -> TaskResult:
     t0 = time.perf_counter()
     table = (data.load_table_csv(csv, target_column, classification=False) if csv
              else data.load_diabetes())
@@ -51,4 +53,4 @@ def run(output: Path, name: str | None, seed: int, profile: str,
         {"name": "value", "shape": ["batch", 1],
          "meaning": "predicted target in the units of the training data"},
         lambda values: evaluate.regression_metrics(y_test, values[:, 0]),
-        export=export_rows_model)
+        export=export_rows_model, sign_key=sign_key)

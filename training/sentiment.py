@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from app.contract.manifest import VARIANT_MAX_ACCURACY_DROP, VARIANT_MAX_BATCH_DRIFT
+from app.contract.signing import SigningKey
 from training import data, evaluate
 from training.common import TaskResult, seed_everything
 from training.export import check_parity, export_onnx, quantize_int8, run_onnx
@@ -259,7 +260,7 @@ def parity_inputs(seqs: list[list[int]], max_length: int, seed: int) -> list[dic
 
 def run(output: Path, name: str | None, seed: int, profile: str, csv: Path | None = None,
         text_column: str | None = None, label_column: str | None = None,
-        encoder: Path | None = None) -> TaskResult:
+        encoder: Path | None = None, sign_key: SigningKey | None = None) -> TaskResult:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
@@ -289,7 +290,7 @@ def run(output: Path, name: str | None, seed: int, profile: str, csv: Path | Non
                                 desc=f"{name} (fine-tune)", weights=weights)
     baseline = tfidf_baseline(corpus.texts, y, splits, labels)
     test_seqs = [seqs[i] for i in splits.test]
-    with new_version(output, name) as version:
+    with new_version(output, name, sign_key) as version:
         fp32 = version.dir / "model.onnx"
         int8 = version.dir / "model.int8.onnx"
         example = pad([seqs[i] for i in splits.train[:3]], 11)

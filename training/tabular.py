@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from app.contract.signing import SigningKey
 from training import data, evaluate
 from training.common import TaskResult, export_rows_model, publish_rows_model, seed_everything
 from training.mlp import BinaryClassifier, FitConfig, fit
@@ -22,7 +23,8 @@ def _bce(model: BinaryClassifier, X: torch.Tensor, y: torch.Tensor) -> torch.Ten
 
 
 def run(output: Path, name: str | None, seed: int, profile: str,
-        csv: Path | None = None, target_column: str | None = None) -> TaskResult:
+        csv: Path | None = None, target_column: str | None = None,
+        sign_key: SigningKey | None = None) -> TaskResult:
     t0 = time.perf_counter()
     table = (data.load_table_csv(csv, target_column, classification=True) if csv
              else data.load_breast_cancer())
@@ -48,4 +50,4 @@ def run(output: Path, name: str | None, seed: int, profile: str,
         {"name": "probabilities", "shape": ["batch", 2],
          "meaning": "probability of each label, in `labels` order"},
         lambda probs: evaluate.classification_metrics(y_test, probs, table.label_names),
-        export=export_rows_model, labels=table.label_names)
+        export=export_rows_model, labels=table.label_names, sign_key=sign_key)

@@ -3,9 +3,12 @@
 The graph is checked the way the server will use it (its inputs and outputs fit the kind,
 the batch axis is dynamic, it runs once on ONNX Runtime and answers one row per input of
 the declared width), then published as the model's next version with a manifest whose
-hashes the server verifies. A Hugging Face Optimum export of a sequence classifier
-(input_ids, attention_mask, token_type_ids -> logits) and a scikit-learn model converted
-by skl2onnx (float_input -> label, probabilities; `zipmap=False`) both serve this way.
+hashes the server verifies (and signed, given a private key). The graph is read once: what
+is checked is what is copied. A graph that keeps tensors in other files (external data)
+is refused, as the repository would refuse it. A Hugging Face Optimum export of a
+sequence classifier (input_ids, attention_mask, token_type_ids -> logits) and a
+scikit-learn model converted by skl2onnx (float_input -> label, probabilities;
+`zipmap=False`) both serve this way.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import numpy as np
 import onnxruntime as ort
 
 from app.contract.background import BACKGROUND_FILE, MAX_ROWS, write_background
+from app.contract.graphscan import NotAGraph, external_tensors
 from app.contract.manifest import NAME_PATTERN, Kind
 from app.contract.publish import new_version
+from app.contract.signing import SigningKey
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PROBE_TEXTS = ["a first short text to check the graph", "and a second one"]
@@ -44,6 +49,7 @@ class ImportRequest:
     output: str | None = None
     softmax: bool | None = None  # None: decided by running the graph
     background: Path | None = None  # CSV of rows for explanations (feature models)
+    sign_key: SigningKey | None = None  # sign the version as it is published
 
 
 def _dynamic(dim) -> bool:
@@ -116,8 +122,28 @@ def _rows_feeds(session: ort.InferenceSession, features: list[str] | None):
         inputs[0].name
 
 
-def inspect(req: ImportRequest) -> dict:
-    """Check the graph; return the manifest fields that describe it."""
+def read_graph(path: Path) -> bytes:
+    """The graph's bytes, refused when it keeps tensors in other files: ONNX Runtime would
+    read them from beside the graph here, and from the server's working directory when it
+    loads the graph from bytes."""
+    data = path.read_bytes()
+    try:
+        external = external_tensors(data)
+    except NotAGraph as exc:
+        raise GraphRejected(f"{path}: ONNX Runtime cannot load it: not an ONNX graph "
+                            f"({exc})") from None
+    if external:
+        raise GraphRejected(
+            f"{path}: keeps tensors in other files (external data: "
+            f"{', '.join(external[:3])}{', ...' if len(external) > 3 else ''}); the "
+            "repository serves self-contained graphs only (re-save it with the weights "
+            "inside: onnx.save(onnx.load(path), path, save_as_external_data=False))")
+    return data
+
+
+def inspect(req: ImportRequest, graph: bytes) -> dict:
+    """Check the graph (`graph`: its bytes, from read_graph); return the manifest fields
+    that describe it."""
     if not NAME_PATTERN.match(req.name):
         raise GraphRejected(f"model name {req.name!r} must match {NAME_PATTERN.pattern}")
     classifier = req.kind != "tabular-regression"
@@ -128,7 +154,7 @@ def inspect(req: ImportRequest) -> dict:
     if (req.kind == "text-classification") != (req.tokenizer is not None):
         raise GraphRejected("--tokenizer is needed for text-classification, and only there")
     try:
-        session = ort.InferenceSession(str(req.model), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - any load failure is the user's graph
         raise GraphRejected(f"{req.model}: ONNX Runtime cannot load it: {exc}") from exc
     _check_batch_axis(session)
@@ -182,19 +208,19 @@ def background_rows(path: Path, features: list[str]) -> np.ndarray:
 
 
 def import_model(req: ImportRequest) -> tuple[int, Path]:
-    fields = inspect(req)
-    data = req.model.read_bytes()
+    data = read_graph(req.model)
+    fields = inspect(req, data)
     if req.background is not None and req.kind == "text-classification":
         raise GraphRejected("--background is for feature models (text explanations mask "
                             "words instead)")
     features = [f["name"] for f in fields["inputs"].get("features", [])]
     background = (background_rows(req.background, features) if req.background is not None
                   else None)
-    with new_version(req.models_dir, req.name) as writer:
+    with new_version(req.models_dir, req.name, req.sign_key) as writer:
         if background is not None and req.background is not None:
             write_background(writer.dir / BACKGROUND_FILE, features, background,
                              f"imported from {req.background.name}")
-        shutil.copyfile(req.model, writer.dir / "model.onnx")
+        (writer.dir / "model.onnx").write_bytes(data)
         if req.tokenizer is not None:
             shutil.copyfile(req.tokenizer, writer.dir / "tokenizer.json")
         manifest = {

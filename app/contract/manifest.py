@@ -14,6 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_FILE = "model.json"
+# a version's signature (app/contract/signing.py): it covers every other file of the
+# folder, the manifest included, so the manifest cannot list it
+SIGNATURE_FILE = "model.sig"
 SCHEMA_VERSION = 1
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -112,6 +115,8 @@ class Manifest(BaseModel):
         for f in self.artifacts:
             if "/" in f or "\\" in f or f.startswith("."):
                 raise ValueError(f"artifact name {f!r} must be a plain file name")
+            if f in (MANIFEST_FILE, SIGNATURE_FILE):
+                raise ValueError(f"{f} cannot be an artifact of its own version")
         return self
 
 

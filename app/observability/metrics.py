@@ -81,7 +81,8 @@ class Metrics:
             (*MODEL, "variant"), registry=r, multiprocess_mode="livemax")
         self.load_failures = Counter(
             "ortserve_model_load_failures", "Versions that failed to load, by reason (verify: "
-            "manifest, file or hash; session; outputs; warmup; device; memory).",
+            "manifest, file or hash; signature: missing, untrusted or not matching the files; "
+            "session; outputs; warmup; device; memory).",
             ("model", "reason"), registry=r)
         self.rate_limit_backend_errors = Counter(
             "ortserve_rate_limit_backend_errors", "Rate-limit checks that could not reach "

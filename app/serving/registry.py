@@ -24,6 +24,7 @@ from app.contract.repository import (
     verify,
     version_folders,
 )
+from app.contract.signing import load_public_keys
 from app.errors import ChangeRefused, ModelNotFound, ModelNotReady
 from app.observability.metrics import Metrics
 from app.runtime.session import DeviceError
@@ -60,6 +61,9 @@ class ModelRegistry:
         self.lock = asyncio.Lock()  # one change of what serves at a time
         self._poller: Poller | None = None
         self.rollouts = Rollouts(self, settings, metrics)
+        # the keys a version's signature must be made with (ORTSERVE_MODEL_PUBLIC_KEYS)
+        self.trusted = (load_public_keys(settings.model_public_keys)
+                        if settings.model_public_keys else None)
 
     # -- lookups (synchronous: a request sees one state of the registry) ----------------
     @property
@@ -402,8 +406,9 @@ class _VersionChecker:
             return False  # known bad until its folder changes
         try:
             self.verified[v] = await asyncio.to_thread(
-                verify, rec.name, v, path, registry.settings.variant_for(rec.name))
+                verify, rec.name, v, path, registry.settings.variant_for(rec.name),
+                registry.trusted)
         except VersionRejected as exc:
-            registry._failed(rec, vr, "verify", str(exc), fp)
+            registry._failed(rec, vr, exc.kind, str(exc), fp)
             return False
         return True
