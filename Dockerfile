@@ -31,6 +31,9 @@ ENV HF_HUB_OFFLINE=1
 CMD ["python", "-m", "training", "all", "--profile", "quick", "--output", "/models"]
 
 FROM python:3.11-slim-bookworm AS runtime
+# Listening on every interface, `ortserve serve` refuses to start without API keys: give it
+# ORTSERVE_API_KEYS_FILE (a mounted secret) or ORTSERVE_API_KEYS at run time. The image never
+# sets ORTSERVE_ALLOW_UNAUTHENTICATED (tests/test_deploy.py checks).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -93,12 +93,19 @@ class Haproxy(Daemon):
 
 
 class Prometheus(Daemon):
-    """deploy/prometheus/prometheus.yml and rules.yml, scraping `ports` every second."""
+    """deploy/prometheus/prometheus.yml and rules.yml, scraping `ports` every second. The
+    config's scrape key file becomes `key_file`; without one (replicas serving without
+    keys on loopback) the scrapes send no key."""
 
-    def __init__(self, workdir: Path, ports: list[int], interval: str = "1s") -> None:
+    def __init__(self, workdir: Path, ports: list[int], interval: str = "1s",
+                 key_file: Path | None = None) -> None:
         config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
         config["global"]["scrape_interval"] = interval
         config["global"]["evaluation_interval"] = interval
+        if key_file is None:
+            config["scrape_configs"][0].pop("authorization", None)
+        else:
+            config["scrape_configs"][0]["authorization"]["credentials_file"] = str(key_file)
         config["scrape_configs"][0]["static_configs"] = [{
             "targets": [f"127.0.0.1:{p}" for p in ports],
             "labels": {"namespace": NAMESPACE}}]
