@@ -28,6 +28,7 @@ def _serve(a: argparse.Namespace) -> int:
     try:
         settings = load_settings()
         posture.check(settings)
+        posture.check_key_files(settings)
     except (SettingsError, posture.UnsafeSettings) as exc:
         print(f"ortserve: {exc}", file=sys.stderr)
         return 2

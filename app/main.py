@@ -110,9 +110,12 @@ def _lifespan(state: AppState, registry: ModelRegistry
 def _gate(settings: Settings, metrics: Metrics, drain: Drain) -> Gate:
     """Keys, rate limits and the failed-authentication throttle, as the settings say."""
     minimum = settings.min_key_length
+    predict = KeyStore(settings.api_keys, settings.api_keys_file, min_length=minimum)
+    observe = predict | KeyStore(settings.metrics_keys, settings.metrics_keys_file,
+                                 min_length=minimum)
     return Gate(
-        KeyStore(settings.api_keys, settings.api_keys_file, min_length=minimum),
-        KeyStore(settings.admin_keys, min_length=minimum), drain, metrics,
+        predict, KeyStore(settings.admin_keys, settings.admin_keys_file, min_length=minimum),
+        drain, metrics, observe_keys=observe,
         limiter=build_limiter(settings, metrics),
         admin_limiter=build_limiter(settings, metrics, settings.admin_rate_limit_per_s,
                                     settings.admin_rate_limit_burst, "ortserve:adminlimit:"),
@@ -125,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
     for warning in posture.check(settings):  # UnsafeSettings stops the start
         log.warning("security: %s", warning)
+    posture.check_key_files(settings)
     log.info("security: %s", posture.describe(settings))
     metrics = Metrics()
     registry = ModelRegistry(settings, metrics)

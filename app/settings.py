@@ -210,6 +210,15 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         None, description="File with one API key per line; re-read when it changes "
                           "(rotation without restart).")
+    admin_keys_file: Path | None = Field(
+        None, description="File with one admin key per line, beside admin_keys; re-read when "
+                          "it changes.")
+    metrics_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Keys that may read /metrics (and the docs) and "
+                                          "nothing else, for a scraper (comma-separated); "
+                                          "API keys are accepted there too.")
+    metrics_keys_file: Path | None = Field(
+        None, description="File with one metrics key per line; re-read when it changes.")
     allow_unauthenticated: bool = Field(
         False, description="Serve without API keys on a non-loopback address (logged as a "
                            "warning at every start). Without it, `ortserve serve` refuses "
@@ -263,7 +272,7 @@ class Settings(BaseSettings):
             raise ValueError("ORTSERVE_API_KEYS is set but lists no key; list keys, or unset "
                              "it (and set ORTSERVE_ALLOW_UNAUTHENTICATED=true to serve "
                              "without keys on a non-loopback address)")
-        for setting in ("api_keys", "admin_keys"):
+        for setting in ("api_keys", "admin_keys", "metrics_keys"):
             short = [k for k in getattr(self, setting) if len(k) < self.min_key_length]
             if short:
                 raise ValueError(f"ORTSERVE_{setting.upper()}: {len(short)} key(s) shorter "
@@ -280,7 +289,8 @@ class Settings(BaseSettings):
         load_public_keys(v)  # refuse to start on a key that cannot be read
         return v
 
-    @field_validator("models", "cors_origins", "api_keys", "admin_keys", "auth_exempt_paths",
+    @field_validator("models", "cors_origins", "api_keys", "admin_keys", "metrics_keys",
+                     "auth_exempt_paths",
                      "model_public_keys", mode="before")
     @classmethod
     def _comma_list(cls, v):

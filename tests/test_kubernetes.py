@@ -397,7 +397,7 @@ def test_the_podmonitor_scrapes_with_a_key_the_pods_accept(kustomize):
     assert endpoint["authorization"]["type"] == "Bearer"
     ref = endpoint["authorization"]["credentials"]
     env = {e["name"]: e for e in container(objs["Deployment"]).get("env", [])}
-    accepted = env["ORTSERVE_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    accepted = env["ORTSERVE_METRICS_KEYS"]["valueFrom"]["secretKeyRef"]
     assert (ref["name"], ref["key"]) == (accepted["name"], accepted["key"]) == \
         (SECRET, "metrics-key")
 
@@ -421,7 +421,7 @@ def test_the_example_secret_is_not_deployed_and_fails_closed():
     minimum = Settings().min_key_length
     assert not [ln for ln in data["api-keys"].splitlines()
                 if ln.strip() and not ln.startswith("#") and len(ln.strip()) >= minimum]
-    for variable, key in (("ORTSERVE_API_KEYS", "metrics-key"),
+    for variable, key in (("ORTSERVE_METRICS_KEYS", "metrics-key"),
                           ("ORTSERVE_ADMIN_KEYS", "admin-keys")):
         with mock.patch.dict(os.environ, {variable: data[key]}, clear=True), \
                 pytest.raises(SettingsError):

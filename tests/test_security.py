@@ -4,6 +4,7 @@ certificates made in the test, the real app over httpx)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import subprocess
@@ -244,3 +245,52 @@ def test_mutual_tls_asks_every_client_for_a_certificate(tmp_path, pki):
         assert _grpc_ready(address, with_cert) == grpc.StatusCode.OK
         assert _grpc_ready(address, grpc.ssl_channel_credentials(ca)) == \
             grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.anyio
+async def test_a_metrics_key_reads_metrics_and_nothing_else(make_client, tmp_path):
+    metrics_key, admin_file = "metrics-key-0123456789", tmp_path / "admin-keys"
+    admin_file.write_text(f"# rotated 2026-12\n{ADMIN_KEY}\n")
+    client = await make_client(api_keys=KEY, metrics_keys=metrics_key,
+                               metrics_require_key=True, admin_keys_file=admin_file)
+    scraper = {"Authorization": f"Bearer {metrics_key}"}
+    assert (await client.get("/metrics", headers=scraper)).status_code == 200
+    assert (await client.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})
+            ).status_code == 200
+    assert (await client.get("/models", headers=scraper)).status_code == 403
+    r = await client.post("/predict", headers=scraper, json={"model": "tabular",
+                                                             "inputs": [ROW]})
+    assert r.status_code == 403
+    r = await client.get("/repository/index", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert r.status_code == 200  # the admin key came from its file
+
+
+@pytest.mark.parametrize("contents", [None, "", "short-key\n"], ids=["missing", "empty",
+                                                                    "no-valid-key"])
+def test_a_key_file_that_gives_no_key_stops_the_start(tmp_path, contents):
+    keys = tmp_path / "keys"
+    if contents is not None:
+        keys.write_text(contents)
+    r = _serve("--port", str(free_port()), ORTSERVE_API_KEYS_FILE=str(keys))
+    assert r.returncode == 2 and "ORTSERVE_API_KEYS_FILE" in r.stderr, r.stderr
+
+
+@pytest.mark.anyio
+async def test_a_key_file_that_turns_unreadable_refuses_every_key(make_client, tmp_path):
+    """A keys file that becomes unreadable (compose makes a folder of a missing secret)
+    accepts no key: 403, not a 500 and not an open door."""
+    keys = tmp_path / "keys"
+    keys.write_text(KEY + "\n")
+    client = await make_client(api_keys_file=keys)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    assert (await client.get("/models", headers=headers)).status_code == 200
+    keys.unlink()
+    keys.mkdir()
+    codes = set()
+    for _ in range(100):  # the file is looked at once a second at most (REFRESH_S)
+        code = (await client.get("/models", headers=headers)).status_code
+        codes.add(code)
+        if code != 200:
+            break
+        await asyncio.sleep(0.05)
+    assert code == 403 and codes <= {200, 403}, codes

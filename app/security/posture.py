@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from app.security.keys import KeyStore
 from app.settings import Settings
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
@@ -52,6 +53,18 @@ def check(settings: Settings) -> list[str]:
         warnings.append("API keys travel in clear text: no TLS (ORTSERVE_SSL_CERTFILE) on "
                         f"{settings.host}; terminate TLS in front of the service or set it")
     return warnings
+
+
+def check_key_files(settings: Settings) -> None:
+    """Raise UnsafeSettings for a key file named but unreadable or without a valid key: the
+    server would start refusing every key, which looks like an outage, not a setting."""
+    for setting, path in (("ORTSERVE_API_KEYS_FILE", settings.api_keys_file),
+                          ("ORTSERVE_ADMIN_KEYS_FILE", settings.admin_keys_file),
+                          ("ORTSERVE_METRICS_KEYS_FILE", settings.metrics_keys_file)):
+        problem = KeyStore((), path, settings.min_key_length).file_problem()
+        if problem is not None:
+            raise UnsafeSettings(f"{setting}: {problem}; the server would accept none of its "
+                                 "keys")
 
 
 def describe(settings: Settings) -> str:

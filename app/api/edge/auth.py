@@ -78,8 +78,11 @@ class Gate:
     def __init__(self, predict_keys: KeyStore, admin_keys: KeyStore, drain: Drain,
                  metrics: Metrics, limiter: Limiter | None = None,
                  admin_limiter: Limiter | None = None,
-                 throttle: AddressThrottle | None = None) -> None:
+                 throttle: AddressThrottle | None = None,
+                 observe_keys: KeyStore | None = None) -> None:
         self.predict_keys, self.admin_keys = predict_keys, admin_keys
+        # metrics and docs: predict keys, or keys for them alone (a scraper's)
+        self.observe_keys = observe_keys or predict_keys
         self.limiter, self.admin_limiter = limiter, admin_limiter
         self.throttle, self.drain, self.metrics = throttle, drain, metrics
 
@@ -98,10 +101,11 @@ class Gate:
         if access is Access.ADMIN:
             return await self._keyed(self.admin_keys, self.admin_limiter, key, address,
                                      protocol, "admin key", "ORTSERVE_ADMIN_KEYS")
-        if not check_key or not self.predict_keys.enabled:
+        keys = self.observe_keys if access is Access.OBSERVE else self.predict_keys
+        if not check_key or not keys.enabled:
             return Caller(None, address)
-        return await self._keyed(self.predict_keys, self.limiter, key, address, protocol,
-                                 "API key", "ORTSERVE_API_KEYS")
+        return await self._keyed(keys, self.limiter if access is Access.PREDICT else None,
+                                 key, address, protocol, "API key", "ORTSERVE_API_KEYS")
 
     async def _keyed(self, keys: KeyStore, limiter: Limiter | None, key: bytes | None,
                      address: str | None, protocol: str, what: str, setting: str) -> Caller:
