@@ -36,6 +36,8 @@ async def make_client(repo: Path):
             client = await stack.enter_async_context(httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url="http://testserver"))
             client.app = app
+            client.gates = []  # tests.sync.Gate.on: opened before the app stops
+            stack.callback(lambda: [gate.release() for gate in client.gates])
             return client
 
         yield _make

@@ -54,7 +54,7 @@ class Gate:
     def __call__(self, payloads: list[Any]) -> Sequence[Any]:
         with self._lock:
             self.entered.append(len(payloads))
-        if not self.opened.wait(WAIT_S * 4):
+        if not self.opened.wait(WAIT_S * 2):
             raise TimeoutError("the test never released the gate")
         return self.run(payloads)
 
@@ -67,5 +67,8 @@ class Gate:
 
     @classmethod
     def on(cls, client: Any, model: str) -> Gate:
-        """The gate on `model`'s served version in an app made by `make_client`."""
-        return cls(client.app.state.ortserve.dataplane.registry.get(model).queue)
+        """The gate on `model`'s served version in an app made by `make_client`, which
+        opens it before it stops the app (a test that failed leaves no batch held)."""
+        gate = cls(client.app.state.ortserve.dataplane.registry.get(model).queue)
+        client.gates.append(gate)
+        return gate
