@@ -8,8 +8,9 @@ import httpx
 import pytest
 
 from app.main import create_app
+from app.runtime.session import DeviceError, create_session
 from app.settings import Settings
-from tests.builders import build_repository
+from tests.builders import FEATURES, build_repository, build_rows_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -46,3 +47,19 @@ async def make_client(repo: Path):
 @pytest.fixture
 async def client(make_client) -> httpx.AsyncClient:
     return await make_client()
+
+
+@pytest.fixture(scope="session")
+def cuda_error(tmp_path_factory) -> str | None:
+    """Why a real CUDA session cannot start on this host (None when one does): a tiny
+    model's session on the CUDA provider, strict, so that ONNX Runtime falling back to the
+    CPU (the provider listed, but no GPU or no CUDA libraries) counts as no CUDA."""
+    path = tmp_path_factory.mktemp("cuda") / "probe.onnx"
+    build_rows_model(path, len(FEATURES), classifier=True)
+    try:
+        create_session(path, device="cuda", strict=True)
+    except DeviceError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - a CUDA provider that loads but cannot run
+        return f"{type(exc).__name__}: {exc}"
+    return None
