@@ -3,6 +3,7 @@ closed-loop /predict load; the balancer and Prometheus live in bench/cluster.py.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import socket
@@ -11,14 +12,44 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import httpx
+import pytest
 
 # re-exported: the tests take every real-process helper from here
 from bench.cluster import ROOT as ROOT
 from bench.cluster import Daemon as Daemon
+from bench.cluster import binary
 from bench.cluster import free_port as free_port
 from bench.cluster import wait_until as wait_until
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def missing(what: str) -> NoReturn:
+    """Something a test needs is not installed: under CI=true, where everything must be,
+    the test fails; elsewhere it is skipped, saying what to install."""
+    if IN_CI:
+        pytest.fail(f"required in CI: {what}", pytrace=False)
+    pytest.skip(what, allow_module_level=True)
+
+
+def tool(name: str) -> str:
+    """The path of a program on PATH or beside this Python, else `missing`."""
+    found = binary(name)
+    if found is None:
+        missing(f"{name} not installed (scripts/system-deps.sh installs it)")
+    return found
+
+
+def module(name: str) -> ModuleType:
+    """`import name`, else `missing` (pytest.importorskip, failing under CI=true)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        missing(f"{name} not importable ({exc}); `pip install -e '.[train,test]'`")
 
 
 class _Exited(Exception):
