@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
+import hypothesis
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from app.main import create_app
 from app.runtime.session import DeviceError, create_session
@@ -13,6 +17,17 @@ from app.settings import Settings
 from tests.builders import FEATURES, build_repository, build_rows_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Hypothesis keeps no example database, and its caches live in a temporary folder: the tests
+# write nothing into the source tree (its default is .hypothesis/ in the working directory).
+hypothesis.settings.register_profile("ortserve", database=None)
+hypothesis.settings.load_profile("ortserve")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    home = tempfile.mkdtemp(prefix="ortserve-hypothesis-")
+    set_hypothesis_home_dir(home)
+    config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
 
 
 @pytest.fixture
