@@ -1,14 +1,18 @@
 # ortserve: the two set-up commands of the README, and the developer targets around them.
 #   make run    venv + install + train the quick default models if models/ is empty + serve :8000
 #   make test   venv + install + system tools (promtool, prometheus, docker-compose) + pytest
+#   make test-gpu   the same in .venv-gpu with onnxruntime-gpu: tests/test_cuda.py, then the
+#               suite on device=auto; fails unless a CUDA session really starts
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+GPU_VENV ?= .venv-gpu
+GPU_BIN  := $(GPU_VENV)/bin
 PORT   ?= 8000
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test install train serve lint bench soak clean-models
+.PHONY: run test test-gpu install train serve lint bench soak clean-models
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +23,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(VENV)/.installed
+
+$(GPU_BIN)/python:
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_BIN)/python -m pip install --quiet --upgrade pip
+
+# onnxruntime (a base dependency) and onnxruntime-gpu install the same module: keep only the
+# GPU build (as Dockerfile.gpu does; the version floor is the gpu extra's)
+$(GPU_VENV)/.installed: pyproject.toml | $(GPU_BIN)/python
+	$(GPU_BIN)/pip install --quiet -e '.[train,test,gpu]'
+	$(GPU_BIN)/pip uninstall --quiet -y onnxruntime
+	$(GPU_BIN)/pip install --quiet --force-reinstall --no-deps 'onnxruntime-gpu>=1.20'
+	touch $@
 
 train: install
 	$(BIN)/python -m training all --profile quick --output models
@@ -37,6 +53,14 @@ test: install
 	scripts/system-deps.sh
 	$(BIN)/ruff check app training tests bench
 	$(BIN)/python -m pytest -q
+
+# ORTSERVE_EXPECT_GPU=1: tests/test_cuda.py fails (instead of skipping) when no CUDA session
+# starts. Tests whose outcome is the CPU provider's pin device=cpu themselves.
+test-gpu: $(GPU_VENV)/.installed
+	scripts/system-deps.sh
+	ORTSERVE_EXPECT_GPU=1 ORTSERVE_DEVICE=auto $(GPU_BIN)/python -m pytest -q tests/test_cuda.py
+	ORTSERVE_EXPECT_GPU=1 ORTSERVE_DEVICE=auto $(GPU_BIN)/python -m pytest -q \
+		--ignore=tests/test_cuda.py
 
 lint: install
 	$(BIN)/ruff check app training tests bench
