@@ -15,8 +15,9 @@ WAIT_S = 30.0
 
 
 async def until(check: Callable[[], bool | Awaitable[bool]], what: str,
-                timeout: float = WAIT_S) -> None:
-    """Poll `check` (plain or async) on the event loop until it is true."""
+                timeout: float = WAIT_S, every: float = 0.001) -> None:
+    """Poll `check` (plain or async) on the event loop, every `every` seconds, until it is
+    true."""
     deadline = time.monotonic() + timeout
     while True:
         ok = check()
@@ -26,7 +27,7 @@ async def until(check: Callable[[], bool | Awaitable[bool]], what: str,
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"not reached in {timeout} s: {what}")
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(every)
 
 
 async def settle_loop(rounds: int = 20) -> None:

@@ -189,11 +189,17 @@ async def test_unloading_returns_memory(make_client, repo):
     r = await client.post("/repository/models/big/unload", headers=ADMIN)
     assert r.status_code == 200 and r.json()["status"] == "unloaded"
     del r
-    gc.collect()
-    after = rss_mb()
-    print(f"RSS before {before:.0f} MB, loaded {loaded:.0f} MB, after unload {after:.0f} MB")
     assert loaded - before > 200  # the version was visible in memory
-    assert after <= before * 1.10, (before, loaded, after)
+
+    def returned() -> bool:
+        """The last references go with the model's threads, which end on their own once
+        the queue is closed: the memory comes back soon after the answer, not with it."""
+        gc.collect()
+        return rss_mb() <= before * 1.10
+
+    await until(returned, f"RSS back within 10% of {before:.0f} MB (loaded {loaded:.0f} MB)",
+                every=0.05)
+    print(f"RSS before {before:.0f} MB, loaded {loaded:.0f} MB, after unload {rss_mb():.0f} MB")
 
 
 async def test_deleting_the_newest_folder_rolls_back_on_load(make_client, repo):
