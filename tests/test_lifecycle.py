@@ -42,9 +42,12 @@ def _classify(exc: httpx.TransportError) -> str:
 
 def test_sigterm_drains_accepted_work_and_exits_zero(repo, tmp_path):
     """Clients behind a balancer that honours readiness: nothing they sent is lost."""
-    # slow requests of 8 runs each are still queued when the drain delay ends
-    add_slow_model(repo, max_batch_size=1, size=1024)
-    svc = ServiceProcess(repo, tmp_path / "log", ORTSERVE_DRAIN_DELAY_S="0.3",
+    # Slow requests of 8 runs each (a quarter second a run here) are still queued when the
+    # drain delay ends. The delay is the time the balancer below has to notice readiness
+    # 503 (polling every 50 ms): 0.3 s was not enough on a host with 10 runnable threads
+    # per core, and a request it then let through was answered 503 shutting_down.
+    add_slow_model(repo, max_batch_size=1, size=2048)
+    svc = ServiceProcess(repo, tmp_path / "log", ORTSERVE_DRAIN_DELAY_S="3",
                          ORTSERVE_SHUTDOWN_GRACE_S="60", **ONE_CPU_INSTANCE).wait_ready()
     results: list[tuple] = []
     removed, stop = threading.Event(), threading.Event()
