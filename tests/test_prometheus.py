@@ -5,8 +5,7 @@ from __future__ import annotations
 import httpx
 
 from bench.cluster import Prometheus
-from tests.servers import ServiceProcess, wait_until
-from tests.test_deploy import tool
+from tests.servers import ServiceProcess, tool, wait_until
 
 
 def test_prometheus_sees_requests_and_latency_rise(repo, tmp_path):
