@@ -3,16 +3,20 @@
 #               key in .ortserve/api-keys on first run + serve :8000 (keys required)
 #   make test   venv + install + system tools (promtool, prometheus, docker-compose) + ruff,
 #               mypy + pytest
+#   make test-gpu   the same in .venv-gpu with onnxruntime-gpu: tests/test_cuda.py, then the
+#               suite on device=auto; fails unless a CUDA session really starts
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+GPU_VENV ?= .venv-gpu
+GPU_BIN  := $(GPU_VENV)/bin
 PORT   ?= 8000
 # the API key `make run` serves with: made on first run, never committed (.gitignore)
 KEYS_FILE ?= .ortserve/api-keys
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test install train serve lint bench soak clean-models
+.PHONY: run test test-gpu install train serve lint bench soak clean-models
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +27,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(VENV)/.installed
+
+$(GPU_BIN)/python:
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_BIN)/python -m pip install --quiet --upgrade pip
+
+# onnxruntime (a base dependency) and onnxruntime-gpu install the same module: keep only the
+# GPU build (as Dockerfile.gpu does; the version floor is the gpu extra's)
+$(GPU_VENV)/.installed: pyproject.toml | $(GPU_BIN)/python
+	$(GPU_BIN)/pip install --quiet -e '.[train,test,gpu]'
+	$(GPU_BIN)/pip uninstall --quiet -y onnxruntime
+	$(GPU_BIN)/pip install --quiet --force-reinstall --no-deps 'onnxruntime-gpu>=1.20'
+	touch $@
 
 train: install
 	$(BIN)/python -m training all --profile quick --output models
@@ -53,6 +69,14 @@ test: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# ORTSERVE_EXPECT_GPU=1: tests/test_cuda.py fails (instead of skipping) when no CUDA session
+# starts. Tests whose outcome is the CPU provider's pin device=cpu themselves.
+test-gpu: $(GPU_VENV)/.installed
+	scripts/system-deps.sh
+	ORTSERVE_EXPECT_GPU=1 ORTSERVE_DEVICE=auto $(GPU_BIN)/python -m pytest -q tests/test_cuda.py
+	ORTSERVE_EXPECT_GPU=1 ORTSERVE_DEVICE=auto $(GPU_BIN)/python -m pytest -q \
+		--ignore=tests/test_cuda.py
 
 # mypy reads [tool.mypy] in pyproject.toml: all of app/, strict on the serving core and edge
 lint: install

@@ -5,6 +5,8 @@ every server is a child process stopped by its process id, never by name."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import socket
@@ -77,10 +79,13 @@ class Daemon:
 
 
 class Haproxy(Daemon):
-    """deploy/haproxy/haproxy.cfg with one `server` line per replica port."""
+    """deploy/haproxy/haproxy.cfg with one `server` line per replica port (`r0`, `r1`...),
+    and a stats socket in `workdir` that says what its health checks concluded."""
 
     def __init__(self, workdir: Path, ports: list[int]) -> None:
-        config = (ROOT / "deploy/haproxy/haproxy.cfg").read_text() + "".join(
+        self.socket = workdir / "haproxy.sock"
+        config = (ROOT / "deploy/haproxy/haproxy.cfg").read_text().replace(
+            "\nglobal\n", f"\nglobal\n    stats socket {self.socket}\n", 1) + "".join(
             f"    server r{i} 127.0.0.1:{p} check\n" for i, p in enumerate(ports))
         path = workdir / "haproxy.cfg"
         path.write_text(config)
@@ -90,6 +95,20 @@ class Haproxy(Daemon):
             "haproxy", ["-f", str(path), "-db"], workdir / "haproxy.log",
             lambda: httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200,
             env={"ORTSERVE_LB_BIND": f"127.0.0.1:{self.port}"})
+
+    def server_states(self) -> dict[str, str]:
+        """Each replica's status as the balancer's checks see it: "UP", "DOWN", or on the
+        way ("UP 1/2": failed once, "DOWN 1/2": passed once)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.socket))
+            s.sendall(b"show stat\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
+        return {r["svname"]: r["status"] for r in rows
+                if r["svname"] not in ("FRONTEND", "BACKEND")}
 
 
 class Prometheus(Daemon):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -41,17 +42,17 @@ def kustomize() -> str:
     return str(KUSTOMIZE)
 
 
-def build(folder: Path, components: list[Path] = (), root: Path = MANIFESTS) -> list[dict]:
-    """`kustomize build` of a folder; with components, of a kustomization that adds them."""
+def build(folder: Path, components: list[Path] = ()) -> list[dict]:
+    """`kustomize build` of a folder; with components, of a kustomization that adds them,
+    written in a temporary folder outside the tree (kustomize takes relative paths only)."""
     target = folder
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
+    with tempfile.TemporaryDirectory(prefix="ortserve-kustomize-") as tmp:
         if components:
             target = Path(tmp)
             (target / "kustomization.yaml").write_text(yaml.safe_dump({
                 "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                "resources": [str(Path("..") / folder.relative_to(root))],
-                "components": [str(Path("..") / c.relative_to(root))
-                               for c in components]}))
+                "resources": [os.path.relpath(folder, tmp)],
+                "components": [os.path.relpath(c, tmp) for c in components]}))
         out = subprocess.run([kustomize(), "build", str(target)], capture_output=True,
                              text=True)
     if out.returncode != 0:
@@ -204,7 +205,7 @@ def validate_all(root: Path = MANIFESTS) -> list[str]:
         for comps in ([], components(root)):
             label = f"{overlay.relative_to(root)}" + (" + components" if comps else "")
             try:
-                docs = build(overlay, comps, root)
+                docs = build(overlay, comps)
             except ValueError as exc:
                 errors.append(f"{label}: {exc}")
                 continue

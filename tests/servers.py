@@ -3,25 +3,63 @@ closed-loop /predict load; the balancer and Prometheus live in bench/cluster.py.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import httpx
+import pytest
 
 # re-exported: the tests take every real-process helper from here
 from bench.cluster import ROOT as ROOT
 from bench.cluster import Daemon as Daemon
+from bench.cluster import binary
 from bench.cluster import free_port as free_port
 from bench.cluster import wait_until as wait_until
 
+IN_CI = os.environ.get("CI") == "true"
+
+
+def missing(what: str) -> NoReturn:
+    """Something a test needs is not installed: under CI=true, where everything must be,
+    the test fails; elsewhere it is skipped, saying what to install."""
+    if IN_CI:
+        pytest.fail(f"required in CI: {what}", pytrace=False)
+    pytest.skip(what, allow_module_level=True)
+
+
+def tool(name: str) -> str:
+    """The path of a program on PATH or beside this Python, else `missing`."""
+    found = binary(name)
+    if found is None:
+        missing(f"{name} not installed (scripts/system-deps.sh installs it)")
+    return found
+
+
+def module(name: str) -> ModuleType:
+    """`import name`, else `missing` (pytest.importorskip, failing under CI=true)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        missing(f"{name} not importable ({exc}); `pip install -e '.[train,test]'`")
+
+
+class _Exited(Exception):
+    """The service's process ended while it was awaited."""
+
 
 class ServiceProcess:
-    """`ortserve serve` in a child process on 127.0.0.1, stopped with SIGTERM."""
+    """`ortserve serve` in a child process on 127.0.0.1, stopped with SIGTERM. It leads
+    its own session: whatever it started (uvicorn's worker processes) is in its process
+    group, and nothing of that group outlives `terminate()` or `kill()`."""
 
     def __init__(self, models: Path, log: Path, workers: int = 1, port: int | None = None,
                  **env: str) -> None:
@@ -35,27 +73,51 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--models", str(models),
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)],
-            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)
 
     def wait_ready(self, timeout: float = 60) -> ServiceProcess:
         """Returns once /health/ready is 200; on any failure the child is stopped first."""
         def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.logs()}")
+            if self._exited():
+                raise _Exited()
             return httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200
 
         try:
             wait_until(ready, timeout, "service readiness")
+        except _Exited:
+            self.kill()
+            raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.logs()}"
+                               ) from None
         except BaseException:
             self.kill()
             raise
         return self
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """SIGKILL to the whole process group."""
+        self._end_group()
         self._log.close()
+
+    def _exited(self) -> bool:
+        """The leader has exited. It is not reaped here (`WNOWAIT`): until it is, its pid,
+        the group's id, cannot be given to another process."""
+        if self.proc.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, self.proc.pid,
+                             os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def _end_group(self) -> None:
+        """SIGKILL what is left of the process group (the leader, workers it started),
+        then reap the leader."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # nothing left of the group
+        self.proc.wait()
 
     def __enter__(self) -> ServiceProcess:
         return self.wait_ready()
@@ -67,13 +129,15 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")
 
     def terminate(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
+        """SIGTERM to the leader (uvicorn passes it on to its workers); once it exited, or
+        after `timeout`, SIGKILL to whatever is left of its process group. Returns the
+        leader's exit code (negative: the signal that ended it)."""
+        if not self._exited():
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            deadline = time.monotonic() + timeout
+            while not self._exited() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self._end_group()  # an exited leader keeps its exit code: SIGKILL reaches the rest
         self._log.close()
         return self.proc.returncode
 

@@ -6,9 +6,7 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -18,19 +16,9 @@ import yaml
 
 from app.security import posture
 from app.settings import load_settings
-from tests.servers import ROOT, ServiceProcess
+from tests.servers import ROOT, ServiceProcess, tool
 
-IN_CI = os.environ.get("CI") == "true"
 METRIC = re.compile(r"(?<![:\w])(ortserve_[a-z_]+)(?![:\w])")
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if found is None:
-        if IN_CI:
-            pytest.fail(f"{name} is required in CI (scripts/system-deps.sh installs it)")
-        pytest.skip(f"{name} not installed (scripts/system-deps.sh installs it)")
-    return found
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu",

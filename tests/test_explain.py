@@ -31,6 +31,7 @@ from tests.builders import (
     build_slow_rows_model,
     write_manifest,
 )
+from tests.sync import WAIT_S, Gate, settle_loop, until
 
 pytestmark = pytest.mark.anyio
 
@@ -309,14 +310,17 @@ async def test_metrics_count_explanations_and_evaluations(make_client, root):
 async def test_concurrent_explanations_beyond_the_limit_get_503_at_once(make_client,
                                                                       tmp_path):
     root = tmp_path / "slow"
-    # one batch of 48 rows (16 coalitions x 3 background rows) through a 1536^3 MatMul on
-    # the CPU: the first request is still computing when the second one is checked
     add_rows(root, "slow", lambda f: build_slow_rows_model(f / "model.onnx", len(FEATURES)),
              True)
     client = await make_client(root, explain_max_concurrent=1, warmup=False, device="cpu")
+    gate = Gate.on(client, "slow")  # the first request is still computing, on any host
     body = {"inputs": [[1, 2, 3, 4]]}
-    first, second = await asyncio.gather(client.post("/models/slow/explain", json=body),
-                                         client.post("/models/slow/explain", json=body))
+    calls = [asyncio.ensure_future(client.post("/models/slow/explain", json=body))
+             for _ in range(2)]
+    await until(lambda: any(c.done() for c in calls), "one explanation answered")
+    assert len(gate.entered) == 1  # refused while the other one's batch was held
+    gate.release()
+    first, second = await asyncio.wait_for(asyncio.gather(*calls), WAIT_S)
     refused = first if first.status_code == 503 else second
     assert sorted([first.status_code, second.status_code]) == [200, 503]
     assert refused.headers["retry-after"]
@@ -330,16 +334,16 @@ async def test_a_cancelled_explanation_leaves_no_work_behind(make_client, tmp_pa
     add_rows(root, "slow", lambda f: build_slow_rows_model(f / "model.onnx", len(FEATURES)),
              True)
     client = await make_client(root, warmup=False, device="cpu")
+    gate = Gate.on(client, "slow")
+    queue = gate.queue
     # 8 rows x 16 coalitions = 128 blocks: 8 background batches of 16
     task = asyncio.create_task(client.post("/models/slow/explain",
                                            json={"inputs": [[1, 2, 3, 4]] * 8}))
-    queue = client.app.state.ortserve.dataplane.registry.get("slow").queue
-    for _ in range(5000):
-        if queue.low_running:
-            break
-        await asyncio.sleep(0.001)
-    assert queue.low_running, "the explanation never started"
+    await gate.wait_entered()  # the first background batch is running, held at the gate
+    assert queue.low_running
     task.cancel()  # cancels the job's future it awaits: the queue drops what has not run
+    await settle_loop()
+    gate.release()
     await asyncio.wait_for(queue.drain(), 60)
     assert queue.low_queued == 0
     assert queue.batches_run <= 2  # the batch running at the cancel, not the other 7

@@ -214,7 +214,7 @@ def workloads(root: Path = kv.MANIFESTS) -> list[tuple[str, dict, str]]:
     out = []
     for overlay in kv.overlays(root):
         for comps in ([], kv.components(root)):
-            for d in kv.build(overlay, comps, root):
+            for d in kv.build(overlay, comps):
                 if d["kind"] == "Deployment":
                     where = f"overlays/{overlay.name}" + (" + components" if comps else "")
                     out.append((where, d["spec"]["template"]["spec"], "ortserve"))

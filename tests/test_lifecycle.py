@@ -15,6 +15,23 @@ from tests.builders import add_slow_model
 from tests.servers import ServiceProcess, metric_value, wait_until
 
 ROW = [0.5, 0.1, 0.2, 0.3]
+# The slow model's pace must not depend on the host's cores or GPU: one run at a time, on
+# one CPU thread (at least a tenth of a second per run on any core).
+ONE_CPU_INSTANCE = {"ORTSERVE_DEVICE": "cpu", "ORTSERVE_INSTANCES": "1",
+                    "ORTSERVE_INTRA_OP_THREADS": "1"}
+SLOW_QUEUED = 'ortserve_queue_depth{model="slow"'
+SLOW_RUNS = 'ortserve_batch_size_count{model="slow",version="1"}'
+
+
+def scrape(svc: ServiceProcess) -> str:
+    return httpx.get(f"{svc.url}/metrics", timeout=10).text
+
+
+def slow_accounted(svc: ServiceProcess) -> float:
+    """Slow rows queued plus batches run, from one scrape: while there is queued work one
+    batch runs (the next starts as one ends), so this grows only by rows newly queued."""
+    text = scrape(svc)
+    return metric_value(text, SLOW_QUEUED) + metric_value(text, SLOW_RUNS)
 
 
 def _classify(exc: httpx.TransportError) -> str:
@@ -25,10 +42,13 @@ def _classify(exc: httpx.TransportError) -> str:
 
 def test_sigterm_drains_accepted_work_and_exits_zero(repo, tmp_path):
     """Clients behind a balancer that honours readiness: nothing they sent is lost."""
-    # slow requests of 8 runs each are still queued when the drain delay ends
-    add_slow_model(repo, max_batch_size=1)
-    svc = ServiceProcess(repo, tmp_path / "log", ORTSERVE_DRAIN_DELAY_S="0.3",
-                         ORTSERVE_SHUTDOWN_GRACE_S="30", ORTSERVE_INSTANCES="1").wait_ready()
+    # Slow requests of 8 runs each (a quarter second a run here) are still queued when the
+    # drain delay ends. The delay is the time the balancer below has to notice readiness
+    # 503 (polling every 50 ms): 0.3 s was not enough on a host with 10 runnable threads
+    # per core, and a request it then let through was answered 503 shutting_down.
+    add_slow_model(repo, max_batch_size=1, size=2048)
+    svc = ServiceProcess(repo, tmp_path / "log", ORTSERVE_DRAIN_DELAY_S="3",
+                         ORTSERVE_SHUTDOWN_GRACE_S="60", **ONE_CPU_INSTANCE).wait_ready()
     results: list[tuple] = []
     removed, stop = threading.Event(), threading.Event()
     threads: list[threading.Thread] = []
@@ -80,7 +100,9 @@ def test_sigterm_drains_accepted_work_and_exits_zero(repo, tmp_path):
         threads.append(threading.Thread(target=balancer))
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        # SIGTERM once clients have been answered and two slow requests' rows are queued
+        wait_until(lambda: len(results) > 10 and metric_value(scrape(svc), SLOW_QUEUED) >= 12,
+                   60, "answers, and slow work queued")
         svc.proc.send_signal(signal.SIGTERM)
         code = svc.proc.wait(60)
     finally:
@@ -97,13 +119,11 @@ def test_sigterm_drains_accepted_work_and_exits_zero(repo, tmp_path):
 
 
 def test_client_gone_while_queued_is_dropped_before_it_runs(repo, tmp_path):
-    add_slow_model(repo, max_batch_size=1)
-    # one instance: the queue depth the test waits for does not depend on the core count
-    svc = ServiceProcess(repo, tmp_path / "log", ORTSERVE_INSTANCES="1").wait_ready()
+    add_slow_model(repo, max_batch_size=1, size=2048)
+    # one instance: the queue depth the test follows does not depend on the core count
+    svc = ServiceProcess(repo, tmp_path / "log", **ONE_CPU_INSTANCE).wait_ready()
     try:
-        metrics = lambda: httpx.get(f"{svc.url}/metrics", timeout=10).text  # noqa: E731
-        size_count = 'ortserve_batch_size_count{model="slow",version="1"}'
-        base = metric_value(metrics(), size_count)
+        base = metric_value(scrape(svc), SLOW_RUNS)
         codes = []
 
         def busy() -> None:
@@ -114,46 +134,57 @@ def test_client_gone_while_queued_is_dropped_before_it_runs(repo, tmp_path):
         # one request of twelve rows at batch size 1: twelve model runs in a row
         thread = threading.Thread(target=busy)
         thread.start()
-        wait_until(lambda: metric_value(metrics(), 'ortserve_queue_depth{model="slow"') >= 3,
-                   20, "the busy request queued")
+        wait_until(lambda: metric_value(scrape(svc), SLOW_QUEUED) >= 3, 60,
+                   "the busy request queued")
         body = json.dumps({"model": "slow", "inputs": [ROW]}).encode()
         for _ in range(4):
+            queued = slow_accounted(svc)
             s = socket.create_connection(("127.0.0.1", svc.port))
             s.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
                       b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-            time.sleep(0.02)
+            wait_until(lambda q=queued: slow_accounted(svc) == q + 1, 60, "the request queued")
             s.close()
+        assert metric_value(scrape(svc), SLOW_QUEUED) >= 5  # all four behind busy rows
         thread.join(60)
         assert codes == [200]
-        wait_until(lambda: metric_value(metrics(), 'ortserve_requests_total{api="v1",model="slow",'
-                                        'outcome="cancelled"') == 4, 20, "4 cancelled")
-        time.sleep(0.5)
-        assert metric_value(metrics(), size_count) - base == 12  # only the busy rows ran
+        wait_until(lambda: metric_value(scrape(svc), 'ortserve_requests_total{api="v1",'
+                                        'model="slow",outcome="cancelled"') == 4, 60,
+                   "4 cancelled")
+        # queued after everything else: once it is answered, every row before it ran or
+        # was dropped
+        r = httpx.post(f"{svc.url}/predict", json={"model": "slow", "inputs": [ROW]}, timeout=60)
+        assert r.status_code == 200
+        assert metric_value(scrape(svc), SLOW_RUNS) - base == 12 + 1  # the busy rows, this one
         lines = [json.loads(ln) for ln in svc.logs().splitlines() if ln.startswith("{")]
         statuses = [ln["status"] for ln in lines
                     if ln["logger"] == "ortserve.access" and ln.get("path") == "/predict"]
         assert statuses.count(499) == 4 and 503 not in statuses  # cancelled, not unavailable
-        r = httpx.post(f"{svc.url}/predict", json={"model": "slow", "inputs": [ROW]}, timeout=30)
-        assert r.status_code == 200
     finally:
         svc.terminate()
 
 
 def test_a_slow_model_does_not_hold_up_the_others(repo, tmp_path):
-    add_slow_model(repo, max_batch_size=1)
-    svc = ServiceProcess(repo, tmp_path / "log").wait_ready()
+    # six runs of a quarter of a second or more (a tenth on the fastest cores) in a row
+    add_slow_model(repo, max_batch_size=1, size=2048)
+    svc = ServiceProcess(repo, tmp_path / "log", **ONE_CPU_INSTANCE).wait_ready()
     done: list[tuple[str, float]] = []
     try:
-        def call(model: str, inputs):
-            r = httpx.post(f"{svc.url}/predict", json={"model": model, "inputs": inputs},
-                           timeout=60)
+        start = threading.Barrier(6, timeout=60)
+
+        def call(model: str, inputs, together: threading.Barrier | None = None):
+            with httpx.Client(timeout=60) as c:
+                if together is not None:  # connected first: the six arrive at once
+                    c.get(f"{svc.url}/health/live")
+                    together.wait()
+                r = c.post(f"{svc.url}/predict", json={"model": model, "inputs": inputs})
             assert r.status_code == 200
             done.append((model, time.monotonic()))
 
-        slow = [threading.Thread(target=call, args=("slow", [ROW])) for _ in range(6)]
+        slow = [threading.Thread(target=call, args=("slow", [ROW], start)) for _ in range(6)]
         for t in slow:
             t.start()
-        time.sleep(0.1)
+        # the fast requests start once the six slow ones are queued or running
+        wait_until(lambda: slow_accounted(svc) >= 5, 60, "the slow requests queued")
         fast = [threading.Thread(target=call, args=(m, i)) for m, i in
                 [("tabular", [ROW]), ("sentiment", ["good"]), ("regression", [ROW])] * 2]
         for t in fast:

@@ -8,8 +8,7 @@ import secrets
 import httpx
 
 from bench.cluster import Prometheus
-from tests.servers import ServiceProcess, wait_until
-from tests.test_deploy import tool
+from tests.servers import ServiceProcess, tool, wait_until
 
 
 def test_prometheus_scrapes_with_its_key_and_sees_requests_and_latency_rise(repo, tmp_path):

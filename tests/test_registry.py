@@ -12,6 +12,7 @@ import pytest
 from app.runtime.memory import rss_mb
 from tests.builders import add_rows_model, add_unrunnable_model
 from tests.servers import metric_value
+from tests.sync import until
 
 pytestmark = pytest.mark.anyio
 ROW = [0.5, -1.0, 2.0, 0.25]
@@ -138,7 +139,9 @@ def _bad_manifest(folder):
     (lambda repo: add_unrunnable_model(repo, "tabular", 2), "warmup", "warm-up failed"),
 ])
 async def test_a_failed_load_changes_nothing(make_client, repo, make_bad, reason, words):
-    client = await make_client(admin_keys=ADMIN_KEY)
+    # the CPU provider raises on the unrunnable model's Gather past its table; CUDA's
+    # kernel may not check
+    client = await make_client(admin_keys=ADMIN_KEY, device="cpu")
     before = await _predict(client)
     make_bad(repo)
     r = await client.post("/repository/models/tabular/load", json={"version": 2},
@@ -187,11 +190,17 @@ async def test_unloading_returns_memory(make_client, repo):
     r = await client.post("/repository/models/big/unload", headers=ADMIN)
     assert r.status_code == 200 and r.json()["status"] == "unloaded"
     del r
-    gc.collect()
-    after = rss_mb()
-    print(f"RSS before {before:.0f} MB, loaded {loaded:.0f} MB, after unload {after:.0f} MB")
     assert loaded - before > 200  # the version was visible in memory
-    assert after <= before * 1.10, (before, loaded, after)
+
+    def returned() -> bool:
+        """The last references go with the model's threads, which end on their own once
+        the queue is closed: the memory comes back soon after the answer, not with it."""
+        gc.collect()
+        return rss_mb() <= before * 1.10
+
+    await until(returned, f"RSS back within 10% of {before:.0f} MB (loaded {loaded:.0f} MB)",
+                every=0.05)
+    print(f"RSS before {before:.0f} MB, loaded {loaded:.0f} MB, after unload {rss_mb():.0f} MB")
 
 
 async def test_deleting_the_newest_folder_rolls_back_on_load(make_client, repo):
@@ -204,28 +213,41 @@ async def test_deleting_the_newest_folder_rolls_back_on_load(make_client, repo):
     assert ("tabular", 2) not in await _index(client)
 
 
-async def _until(check, timeout: float = 20.0) -> None:
-    import asyncio
-    import time
+class Polls:
+    """Counts the registry's finished polls of the repository folder (the real poll runs;
+    the test only learns when one is done)."""
 
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
+    def __init__(self, client) -> None:
+        poller = client.app.state.ortserve.dataplane.registry._poller
+        self.done, real = 0, poller._poll
+
+        async def counted() -> None:
+            try:
+                await real()
+            finally:
+                self.done += 1
+
+        poller._poll = counted
+
+    async def more(self, n: int) -> None:
+        """Returns once `n` more polls have finished."""
+        target = self.done + n
+        await until(lambda: self.done >= target, f"{n} more repository polls")
 
 
 async def test_polling_never_notices_a_half_copied_folder(make_client, repo, tmp_path):
-    import asyncio
-
-    client = await make_client(admin_keys=ADMIN_KEY, repository_poll_s=0.1)
+    # A folder changed less than two poll intervals ago is left for a later poll; here each
+    # file follows the last within one poll (plus a request), however slow the host.
+    client = await make_client(admin_keys=ADMIN_KEY, repository_poll_s=0.5)
+    polls = Polls(client)
     source = add_rows_model(tmp_path / "elsewhere", "tabular", classifier=True, version=2)
     target = repo / "tabular" / "2"
     target.mkdir()
     for f in sorted(source.iterdir()):  # copied file by file, as `cp -r` would
         shutil.copyfile(f, target / f.name)
-        await asyncio.sleep(0.1)
+        await polls.more(1)  # a poll saw the half-copied folder
         assert (await _predict(client))["version"] == 1
-    await _until(lambda: _served(client, 2))
+    await until(lambda: _served(client, 2), "version 2 served")
     text = (await client.get("/metrics")).text
     assert "ortserve_model_load_failures_total{" not in text  # never seen half-copied
 
@@ -236,8 +258,6 @@ async def _served(client, version: int) -> bool:
 
 async def test_polling_counts_a_broken_version_once_and_retries_when_it_changes(make_client,
                                                                                  repo):
-    import asyncio
-
     client = await make_client(admin_keys=ADMIN_KEY, repository_poll_s=0.05)
     folder = add_rows_model(repo, "tabular", classifier=True, version=2)
     good = (folder / "model.onnx").read_bytes()
@@ -248,13 +268,14 @@ async def test_polling_counts_a_broken_version_once_and_retries_when_it_changes(
         text = (await client.get("/metrics")).text
         return key in text
 
-    await _until(failed)
-    await asyncio.sleep(0.5)  # many more polls
+    polls = Polls(client)
+    await until(failed, "the broken version counted")
+    await polls.more(10)
     assert metric_value((await client.get("/metrics")).text, key) == 1
     assert (await _predict(client))["version"] == 1
     assert (await client.get("/health/ready")).status_code == 200
     (folder / "model.onnx").write_bytes(good)  # fixed in place: the folder changed
-    await _until(lambda: _served(client, 2))
+    await until(lambda: _served(client, 2), "the fixed version served")
     assert (await _index(client))[("tabular", 1)]["state"] == "unloaded"
 
 

@@ -8,9 +8,13 @@ import pytest
 
 from tests.builders import add_slow_model
 from tests.servers import metric_value
+from tests.sync import WAIT_S, Gate, until
 
 pytestmark = pytest.mark.anyio
 ROW = [0.5, 0.1, 0.2, 0.3]
+# The slow model's outcomes must not depend on the host: one run at a time, on one CPU
+# thread (no GPU), and held at a gate the test opens.
+ONE_CPU_INSTANCE = {"device": "cpu", "instances": 1, "intra_op_threads": 1}
 
 
 async def test_body_over_the_limit_is_413(make_client):
@@ -48,10 +52,23 @@ async def test_long_texts_are_cut_when_truncation_is_on(make_client):
 
 async def test_full_queue_answers_503_with_retry_after_at_once(make_client, repo):
     add_slow_model(repo)
-    client = await make_client(batching={"slow": {"max_queue_size": 2}})
-    reqs = [client.post("/predict", json={"model": "slow", "inputs": [ROW]}) for _ in range(8)]
-    rs = await asyncio.gather(*reqs)
+    client = await make_client(batching={"slow": {"max_queue_size": 2}}, **ONE_CPU_INSTANCE)
+    gate = Gate.on(client, "slow")
+    reqs = [asyncio.ensure_future(client.post("/predict", json={"model": "slow",
+                                                                 "inputs": [ROW]}))
+            for _ in range(8)]
+    queue = gate.queue
+
+    def settled() -> bool:  # each request answered, or queued or running behind the gate
+        return sum(r.done() for r in reqs) + len(queue._queue) + len(gate.entered) == 8
+
+    await until(settled, "every request answered or queued")
+    # the refusals came while the model was held: at once, not after queued work ran
+    refused_early = [r.result().status_code for r in reqs if r.done()]
+    gate.release()
+    rs = await asyncio.wait_for(asyncio.gather(*reqs), WAIT_S)
     codes = [r.status_code for r in rs]
+    assert refused_early == [503] * codes.count(503)
     assert codes.count(200) >= 2 and 503 in codes
     rejected = next(r for r in rs if r.status_code == 503)
     assert rejected.headers["retry-after"] == "1"
@@ -62,18 +79,23 @@ async def test_full_queue_answers_503_with_retry_after_at_once(make_client, repo
 
 
 async def busy_then_late(client) -> tuple:
-    """Three rows at batch size 1 keep the slow model busy for three runs; meanwhile a
-    request of three more rows asks to be answered within 50 ms. Returns (the late
-    response, the metrics page) once the model has drained, after checking that the busy
-    request was answered and that only its three rows ran."""
+    """Three rows at batch size 1 keep the slow model busy for three runs (the first held
+    at a gate); meanwhile a request of three more rows asks to be answered within 50 ms.
+    Returns (the late response, the metrics page) once the model has drained, after
+    checking that the late request was answered while the model was still held, that the
+    busy request was answered and that only its three rows ran."""
     svc = client.app.state.ortserve.dataplane.registry.get("slow")
+    gate = Gate.on(client, "slow")
     runs_before = svc.queue.batches_run
     first = asyncio.ensure_future(client.post("/predict", json={"model": "slow",
                                                                  "inputs": [ROW] * 3}))
-    await asyncio.sleep(0.01)
-    late = await client.post("/predict", json={"model": "slow", "inputs": [ROW, ROW, ROW]},
-                             headers={"X-Request-Timeout": "0.05"})
-    assert (await first).status_code == 200
+    await gate.wait_entered()
+    late = await asyncio.wait_for(client.post(
+        "/predict", json={"model": "slow", "inputs": [ROW, ROW, ROW]},
+        headers={"X-Request-Timeout": "0.05"}), WAIT_S)
+    assert gate.entered == [1] and not first.done()  # answered while the model was held
+    gate.release()
+    assert (await asyncio.wait_for(first, WAIT_S)).status_code == 200
     await svc.queue.drain()
     assert svc.queue.batches_run - runs_before == 3  # the late request's rows never ran
     return late, (await client.get("/metrics")).text
@@ -82,7 +104,7 @@ async def busy_then_late(client) -> tuple:
 async def test_a_request_the_queue_cannot_answer_in_time_is_refused_at_once(make_client,
                                                                             repo):
     add_slow_model(repo)
-    client = await make_client(instances=1)  # one run at a time, whatever the core count
+    client = await make_client(**ONE_CPU_INSTANCE)
     late, m = await busy_then_late(client)
     assert late.status_code == 503 and late.json()["error"]["code"] == "queue_full"
     assert "deadline" in late.json()["error"]["message"]
@@ -95,7 +117,7 @@ async def test_deadline_gives_504_and_the_item_never_runs(make_client, repo):
     """An admitted request whose deadline passes in the queue: without warm-up the model's
     cost is unknown until its first batch ends, so admission has no estimate yet."""
     add_slow_model(repo)
-    client = await make_client(instances=1, warmup=False)
+    client = await make_client(warmup=False, **ONE_CPU_INSTANCE)
     late, m = await busy_then_late(client)
     assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
     assert metric_value(m, 'ortserve_requests_total{api="v1",model="slow",outcome="timeout"') == 1
@@ -103,17 +125,21 @@ async def test_deadline_gives_504_and_the_item_never_runs(make_client, repo):
 
 async def test_header_cannot_raise_the_server_deadline(make_client, repo):
     add_slow_model(repo)
-    client = await make_client(request_timeout_s=0.001, warmup=False)  # admitted: no estimate
-    r = await client.post("/predict", json={"model": "slow", "inputs": [ROW]},
-                          headers={"X-Request-Timeout": "100"})
+    # admitted: no estimate without warm-up
+    client = await make_client(request_timeout_s=0.001, warmup=False, **ONE_CPU_INSTANCE)
+    gate = Gate.on(client, "slow")  # the model never answers before the deadline
+    r = await asyncio.wait_for(client.post("/predict", json={"model": "slow", "inputs": [ROW]},
+                                           headers={"X-Request-Timeout": "100"}), WAIT_S)
+    gate.release()
     assert r.status_code == 504
 
 
 async def test_api_keys(make_client, tmp_path, capsys):
     keyfile = tmp_path / "keys"
     keyfile.write_text("file-key-1-0123456789\n")
+    # the rotation poll below sends the new key until it is accepted: not a key guesser
     client = await make_client(api_keys="alpha-key-0123456789,beta-key-0123456789",
-                               api_keys_file=keyfile)
+                               api_keys_file=keyfile, auth_failures_per_minute=0)
     body = {"inputs": ["good"]}
     r = await client.post("/predict", json=body)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
@@ -130,9 +156,13 @@ async def test_api_keys(make_client, tmp_path, capsys):
 
     keyfile.write_text("file-key-2-0123456789\n")
     os.utime(keyfile, (time.time() + 5, time.time() + 5))
-    await asyncio.sleep(1.1)
     h1 = {"Authorization": "Bearer file-key-1-0123456789"}
     h2 = {"Authorization": "Bearer file-key-2-0123456789"}
+
+    async def rotated() -> bool:  # the file is looked at again within a second
+        return (await client.post("/predict", json=body, headers=h2)).status_code == 200
+
+    await until(rotated, "the new key accepted")
     assert (await client.post("/predict", json=body, headers=h1)).status_code == 403
     assert (await client.post("/predict", json=body, headers=h2)).status_code == 200
     logs = capsys.readouterr().err
@@ -179,12 +209,12 @@ async def test_request_id_is_kept_or_made(client):
 
 async def test_stopping_answers_new_work_503_and_finishes_what_was_accepted(make_client, repo):
     add_slow_model(repo, max_batch_size=1)
-    client = await make_client(instances=1)
+    client = await make_client(**ONE_CPU_INSTANCE)
+    gate = Gate.on(client, "slow")  # the accepted work is still running until released
     drain = client.app.state.ortserve.drain
     accepted = asyncio.ensure_future(client.post("/predict", json={"model": "slow",
                                                                     "inputs": [ROW] * 3}))
-    while drain.inflight == 0:
-        await asyncio.sleep(0.001)
+    await until(lambda: drain.inflight > 0, "the slow request accepted")
     drain.begin()
     assert (await client.get("/health/ready")).status_code == 503
     r = await client.post("/predict", json={"model": "tabular", "inputs": [ROW]})
@@ -196,6 +226,7 @@ async def test_stopping_answers_new_work_503_and_finishes_what_was_accepted(make
     ready = await asyncio.wait_for(client.get("/v2/health/ready"), 5)  # answered, not held
     assert ready.status_code == 503 and ready.json() == {"ready": False}
     assert not accepted.done()
+    gate.release()
     assert await drain.wait_idle(30)
     assert not refused.done()  # held until the server stops accepting connections
     drain.listeners_closed()

@@ -6,7 +6,6 @@ evaluates the Kubernetes autoscaling query above its threshold under overload on
 from __future__ import annotations
 
 import signal
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +40,13 @@ class Cluster:
 
 @contextmanager
 def cluster(tmp_path: Path):
-    """Three replicas of the tiny models behind the balancer; all stopped afterwards."""
+    """Three replicas of the tiny models behind the balancer; all stopped afterwards, also
+    when one of them fails to start."""
     ports = [free_port() for _ in range(3)]
     c = Cluster(build_repository(tmp_path / "models"), ports)
     try:
-        c.replicas = [c.start(i, tmp_path, 0) for i in range(len(ports))]
+        for i in range(len(ports)):
+            c.replicas.append(c.start(i, tmp_path, 0))
         c.lb = Haproxy(tmp_path, ports)
         yield c
     finally:
@@ -64,7 +65,9 @@ def test_rolling_restart_behind_haproxy_fails_nothing(tmp_path):
                 assert c.replicas[i].proc.wait(60) == 0, c.replicas[i].logs()[-2000:]
                 c.replicas[i].terminate()
                 c.replicas[i] = c.start(i, tmp_path, 1)
-                time.sleep(0.75)  # the balancer's two good checks (rise 2 x 250 ms)
+                # back in the balancer (two good checks) before the next one goes
+                wait_until(lambda i=i: c.lb.server_states()[f"r{i}"] == "UP", 60,
+                           f"replica {i} up in the balancer")
                 assert load.answered() > before  # traffic kept flowing meanwhile
         assert load.failures == [], load.failures[:5]
         assert load.answered() > 100
@@ -74,13 +77,13 @@ def test_rolling_restart_behind_haproxy_fails_nothing(tmp_path):
 
 def test_a_killed_replica_costs_at_most_the_requests_it_held(tmp_path):
     with cluster(tmp_path) as c, c.load() as load:
-        time.sleep(1.0)
+        wait_until(lambda: load.answered() >= 3 * CLIENTS, 60, "traffic flowing")
         c.replicas[0].proc.kill()
-        time.sleep(1.0)  # several health-check intervals
+        # the window: until the balancer's checks take it out
+        wait_until(lambda: c.lb.server_states()["r0"] == "DOWN", 60, "replica 0 down")
         failed_in_window = load.failed()
         before = load.answered()
-        time.sleep(1.0)
-        assert load.answered() > before
+        wait_until(lambda: load.answered() >= before + 10 * CLIENTS, 60, "traffic flowing")
         assert load.failed() == failed_in_window  # none after the window
     # connection failures are retried on another replica; what can fail is what the
     # killed replica held when it died: at most one request per client
@@ -97,7 +100,9 @@ def test_the_autoscaling_query_crosses_its_threshold_only_under_overload(tmp_pat
         prom = Prometheus(tmp_path, c.ports)
         try:
             wait_until(lambda: prom.targets_up() == 3, 60, "Prometheus scraping 3 replicas")
-            time.sleep(6)  # one whole window without traffic
+            # one whole window of scrapes without traffic (every second, over 5 s)
+            wait_until(lambda: (prom.query('min(count_over_time(up{job="ortserve"}[5s]))')
+                                or 0) >= 5, 60, "a whole window of idle scrapes")
             idle = (prom.query(query) or 0.0) / 3
             assert idle < 1 < threshold
             texts = TEXTS * 16  # 24 clients x 16 texts: far more inputs than 3 x threshold

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.servers import module
+
+torch = module("torch")
 
 from app.contract.manifest import MANIFEST_FILE, Manifest, sha256_file  # noqa: E402
 from training import data  # noqa: E402

@@ -1,10 +1,11 @@
 """The playground at /ui, end to end: Debian's chromium driven by Playwright against a real
 uvicorn serving tiny models. A user types a text, clicks, and reads the predicted label and
 the words shaded by their attributions; fills a row and reads the feature bars. Screenshots
-are written to test-artifacts/."""
+are written to a temporary folder, or to $ORTSERVE_TEST_ARTIFACTS when it names one."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -13,10 +14,8 @@ import pytest
 
 from app.contract.background import write_background
 from tests.builders import FEATURES, add_text_model, build_rows_model, write_manifest
-from tests.servers import ROOT, ServiceProcess
-from tests.test_deploy import tool
+from tests.servers import ServiceProcess, module, tool
 
-ARTIFACTS = ROOT / "test-artifacts"
 # the flags a closed network needs (no background connections, no first-run or sync)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
@@ -48,9 +47,18 @@ def service(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    """Where screenshots go: never into the source tree unless asked to."""
+    chosen = os.environ.get("ORTSERVE_TEST_ARTIFACTS")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def page(service):
     chromium = tool("chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = module("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
@@ -87,7 +95,7 @@ def open_model(page, url: str, model: str, kind: str) -> None:
     page.locator("#card-facts", has_text=kind).wait_for()
 
 
-def test_type_a_text_click_and_read_the_label_and_the_shaded_words(service, page):
+def test_type_a_text_click_and_read_the_label_and_the_shaded_words(service, page, artifacts):
     open_model(page, service.url, "sentiment", "text-classification")
     page.wait_for_selector("#text-form:not([hidden])")
     text = "i love this phone but the day was awful"
@@ -98,8 +106,7 @@ def test_type_a_text_click_and_read_the_label_and_the_shaded_words(service, page
     words = page.eval_on_selector_all(
         "#words .word", "els => els.map(e => [e.textContent, Number(e.dataset.value), "
                         "getComputedStyle(e).backgroundColor])")
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "playground-text.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "playground-text.png"), full_page=True)
     # what the page shows is what the API answers
     api = httpx.post(f"{service.url}/models/sentiment/explain", json={"inputs": [text]},
                      headers={"Authorization": "Bearer secret-key-0123456789"}).json()
@@ -117,7 +124,7 @@ def test_type_a_text_click_and_read_the_label_and_the_shaded_words(service, page
     assert "test accuracy" in page.inner_text("#card-facts")
 
 
-def test_fill_a_row_and_read_the_feature_bars(service, page):
+def test_fill_a_row_and_read_the_feature_bars(service, page, artifacts):
     open_model(page, service.url, "rows", "tabular-classification")
     page.wait_for_selector("#row-form:not([hidden]) input[name=f0]")
     # the form's bounds come from the background's training ranges
@@ -130,8 +137,7 @@ def test_fill_a_row_and_read_the_feature_bars(service, page):
     bars = page.eval_on_selector_all(
         "#features .bar", "els => els.map(e => [e.querySelector('.name').textContent, "
                           "Number(e.dataset.value)])")
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "playground-rows.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "playground-rows.png"), full_page=True)
     api = httpx.post(f"{service.url}/models/rows/explain",
                      json={"inputs": [{"f0": 1.5, "f1": -2, "f2": 0.25, "f3": 3}]},
                      headers={"Authorization": "Bearer secret-key-0123456789"}).json()

@@ -10,13 +10,17 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.builders import add_rows_model, add_slow_model, build_repository
-from tests.servers import ServiceProcess, free_port, predictions
+from tests.servers import ServiceProcess, free_port, metric_value, predictions, wait_until
 
 TEXTS = ["good great day", "awful sad movie"]
 ROWS = [[0.5, -1.0, 2.0, 0.25], [3.0, 1.0, -2.0, 0.0]]
 PREDICT_KEY, ADMIN_KEY = "predict-key-0123456789", "admin-secret-0123456789"
 KEY = {"authorization": f"Bearer {PREDICT_KEY}"}
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+# The slow model's pace must not depend on the host: one run at a time on one CPU thread,
+# so that the deadline tests' calls are refused whatever the cores or GPU.
+ONE_CPU_INSTANCE = {"ORTSERVE_DEVICE": "cpu", "ORTSERVE_INSTANCES": "1",
+                    "ORTSERVE_INTRA_OP_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +28,12 @@ def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("grpc")
     repo = build_repository(root / "models")
     add_rows_model(repo, "tabular", classifier=True, version=2)
+    add_rows_model(repo, "spare", classifier=False)  # unloaded and loaded by one test only
     add_slow_model(repo)
     port = free_port()
     with ServiceProcess(repo, root / "log", ORTSERVE_GRPC_PORT=str(port),
                         ORTSERVE_API_KEYS=PREDICT_KEY, ORTSERVE_ADMIN_KEYS=ADMIN_KEY,
-                        ORTSERVE_VERSION_POLICY='{"tabular": "all"}') as svc:
+                        ORTSERVE_VERSION_POLICY='{"tabular": "all"}', **ONE_CPU_INSTANCE) as svc:
         svc.grpc = f"127.0.0.1:{port}"
         yield svc
 
@@ -106,8 +111,6 @@ def test_the_grpc_deadline_is_the_servers_deadline(client, service):
     for nobody."""
     import re
 
-    from tests.servers import metric_value
-
     key = 'ortserve_requests_total{api="grpc",model="slow",outcome="rejected"'
 
     def rejected() -> float:
@@ -123,24 +126,35 @@ def test_the_grpc_deadline_is_the_servers_deadline(client, service):
 
 def test_repository_rpcs_take_the_admin_key(client):
     index = client.get_model_repository_index(headers=ADMIN, as_json=True)
-    assert {"name": "regression", "version": "1", "state": "READY"} in index["models"]
-    with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
-        client.unload_model("regression", headers=KEY)
-    client.unload_model("regression", headers=ADMIN)
-    assert not client.is_model_ready("regression", headers=KEY)
-    client.load_model("regression", headers=ADMIN)
-    assert client.is_model_ready("regression", headers=KEY)
+    assert {"name": "spare", "version": "1", "state": "READY"} in index["models"]
+    try:
+        with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
+            client.unload_model("spare", headers=KEY)
+        client.unload_model("spare", headers=ADMIN)
+        assert not client.is_model_ready("spare", headers=KEY)
+        client.load_model("spare", headers=ADMIN)
+        assert client.is_model_ready("spare", headers=KEY)
+    finally:  # whatever failed, the shared server serves it again
+        if not client.is_model_ready("spare", headers=KEY):
+            client.load_model("spare", headers=ADMIN)
 
 
 def test_grpc_requests_are_counted_as_such(client, service):
-    from tests.servers import metric_value
+    def counted(model: str, outcome: str) -> float:
+        text = httpx.get(f"{service.url}/metrics", timeout=10).text
+        try:
+            return metric_value(text, f'ortserve_requests_total{{api="grpc",model="{model}",'
+                                      f'outcome="{outcome}"')
+        except KeyError:  # not counted yet
+            return 0.0
 
+    successes, client_errors = counted("regression", "success"), counted("tabular",
+                                                                         "client_error")
     client.infer("regression", [_rows(ROWS)], headers=KEY)
-    text = httpx.get(f"{service.url}/metrics", timeout=10).text
-    assert metric_value(text, 'ortserve_requests_total{api="grpc",model="regression",'
-                              'outcome="success"') >= 1
-    assert metric_value(text, 'ortserve_requests_total{api="grpc",model="tabular",'
-                              'outcome="client_error"') >= 1
+    with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT"):
+        client.infer("tabular", [_rows([[1.0, 2.0, 3.0]])], headers=KEY)
+    assert counted("regression", "success") == successes + 1
+    assert counted("tabular", "client_error") == client_errors + 1
 
 
 @pytest.mark.parametrize("payload", [b"\xff\xff\xff", b"\x0a\x80", b"\x2a\x05\x0a\x03abc\x0f",
@@ -205,14 +219,12 @@ def test_rate_limits_are_shared_with_http(tmp_path):
 def test_sigterm_finishes_grpc_calls_in_flight(tmp_path):
     import signal
     import threading
-    import time
 
     repo = build_repository(tmp_path / "models")
     add_slow_model(repo, max_batch_size=1, size=2048)
     port = free_port()
     svc = ServiceProcess(repo, tmp_path / "log", ORTSERVE_GRPC_PORT=str(port),
-                         ORTSERVE_DRAIN_DELAY_S="0.2", ORTSERVE_INSTANCES="1",
-                         ORTSERVE_INTRA_OP_THREADS="1")  # run time independent of cores
+                         ORTSERVE_DRAIN_DELAY_S="0.2", **ONE_CPU_INSTANCE)
     results: list = []
     try:
         svc.wait_ready()
@@ -230,7 +242,12 @@ def test_sigterm_finishes_grpc_calls_in_flight(tmp_path):
         threads = [threading.Thread(target=call) for _ in range(2)]
         for t in threads:
             t.start()
-        time.sleep(0.5)  # both calls accepted and queued
+
+        def both_queued() -> bool:  # more rows queued than one call has
+            text = httpx.get(f"{svc.url}/metrics", timeout=10).text
+            return metric_value(text, 'ortserve_queue_depth{model="slow"') > 16
+
+        wait_until(both_queued, 60, "both calls accepted and queued")
         assert results == []  # still in flight
         svc.proc.send_signal(signal.SIGTERM)
         for t in threads:

@@ -27,6 +27,7 @@ def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("v2")
     repo = build_repository(root / "models")
     add_rows_model(repo, "tabular", classifier=True, version=2)
+    add_rows_model(repo, "spare", classifier=False)  # unloaded and loaded by one test only
     with ServiceProcess(repo, root / "log", ORTSERVE_VERSION_POLICY='{"tabular": "all"}',
                         ORTSERVE_ADMIN_KEYS="admin-secret-0123456789") as svc:
         yield svc
@@ -178,14 +179,19 @@ def test_the_repository_extension_maps_onto_repository_control(service):
     r = httpx.post(f"{service.url}/v2/repository/index", headers=ADMIN, json={})
     assert r.status_code == 200
     entries = [schemas.RepositoryIndexEntry.model_validate(e) for e in r.json()]
-    assert ("regression", "1", "READY") in {(e.name, e.version, e.state) for e in entries}
+    assert ("spare", "1", "READY") in {(e.name, e.version, e.state) for e in entries}
     assert httpx.post(f"{service.url}/v2/repository/index").status_code == 401
-    r = httpx.post(f"{service.url}/v2/repository/models/regression/unload", headers=ADMIN)
-    assert r.status_code == 200
-    assert httpx.get(f"{service.url}/v2/models/regression/ready").status_code == 503
-    r = httpx.post(f"{service.url}/v2/repository/models/regression/load", headers=ADMIN)
-    assert r.status_code == 200
-    assert httpx.get(f"{service.url}/v2/models/regression/ready").status_code == 200
+    models = f"{service.url}/v2/repository/models/spare"
+    try:
+        r = httpx.post(f"{models}/unload", headers=ADMIN)
+        assert r.status_code == 200
+        assert httpx.get(f"{service.url}/v2/models/spare/ready").status_code == 503
+        r = httpx.post(f"{models}/load", headers=ADMIN)
+        assert r.status_code == 200
+        assert httpx.get(f"{service.url}/v2/models/spare/ready").status_code == 200
+    finally:  # whatever failed, the shared server serves it again
+        if httpx.get(f"{service.url}/v2/models/spare/ready").status_code != 200:
+            httpx.post(f"{models}/load", headers=ADMIN)
 
 
 def test_spec_shapes_are_enforced_both_ways():

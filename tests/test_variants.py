@@ -30,12 +30,13 @@ def test_the_default_wins_ties_and_loses_to_a_clearly_faster_variant():
 
 async def test_auto_serves_the_fastest_eligible_variant(make_client, repo):
     add_variants_model(repo)
-    client = await make_client(instances=1)
+    # On one CPU thread the slow variant's hidden layer costs it an order of magnitude on
+    # any host; on a GPU both would cost a kernel launch, a tie the default wins.
+    client = await make_client(instances=1, device="cpu", intra_op_threads=1)
     info = next(m for m in (await client.get("/models")).json()["models"]
                 if m["name"] == "variants")
     assert info["variant"] == "fast" and info["model_file"] == "fast.onnx"
     assert set(info["variant_rates"]) == {"slow", "fast"}  # wrong and drifty never timed
-    assert info["variant_rates"]["fast"] > info["variant_rates"]["slow"]
     assert "fastest on this host" in info["variant_reason"]
     detail = (await client.get("/models/variants")).json()
     assert (detail["variant"], detail["variant_rates"]) == ("fast", info["variant_rates"])
