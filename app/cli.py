@@ -8,7 +8,12 @@ import os
 import signal
 import ssl
 import sys
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 
 def _serve(a: argparse.Namespace) -> int:
@@ -40,6 +45,7 @@ def _serve(a: argparse.Namespace) -> int:
         from app.observability.metrics import prepare_multiprocess_dir
 
         prepare_multiprocess_dir()
+    threading.Thread(target=_announce_when_ready, args=(settings,), daemon=True).start()
     uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
                 workers=workers, loop="uvloop", http="httptools",
                 log_level=settings.log_level, access_log=False,
@@ -50,6 +56,43 @@ def _serve(a: argparse.Namespace) -> int:
                 ssl_cert_reqs=ssl.CERT_REQUIRED if settings.ssl_ca_certs else ssl.CERT_NONE,
                 limit_concurrency=None, backlog=2048)
     return 0
+
+
+def _announce_when_ready(settings: Settings, timeout_s: float = 900.0) -> None:
+    """Once /health/ready answers 200, print where everything is (once, in the parent)."""
+    import time
+    import urllib.request
+
+    scheme = "https" if settings.ssl_certfile else "http"
+    wildcard = settings.host in ("0.0.0.0", "::", "")
+    local = "127.0.0.1" if wildcard else settings.host
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # our own, on loopback
+    probe = f"{scheme}://{local}:{settings.port}/health/ready"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(probe, timeout=2, context=context) as r:  # noqa: S310
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        time.sleep(0.5)
+    else:
+        return
+    base = f"{scheme}://{'localhost' if wildcard else settings.host}:{settings.port}"
+    lines = [f"ortserve is ready on {scheme}://{settings.host}:{settings.port}",
+             f"  API         {base}/predict, {base}/models, {base}/v2 (Open Inference Protocol)"]
+    if settings.grpc_port is not None:
+        lines.append(f"  gRPC        {local}:{settings.grpc_port} (Open Inference Protocol)")
+    lines.append(f"  docs        {base}/docs" if settings.docs
+                 else "  docs        off (ORTSERVE_DOCS=false)")
+    if settings.ui:
+        lines.append(f"  playground  {base}/ui/")
+    lines.append(f"  metrics     {base}/metrics"
+                 + (" (needs a key)" if settings.metrics_require_key else ""))
+    lines.append("  health      /health/live, /health/ready")
+    print("\n".join(lines), flush=True)
 
 
 def _trusted_keys(entries: list[str] | None):
@@ -183,34 +226,67 @@ def _keygen(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ortserve", description="ONNX model server.")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="run the HTTP service (uvicorn with uvloop + httptools)",
-                       description="Every option also has an ORTSERVE_* environment "
-                                   "variable; flags win. See README for all settings.")
-    s.add_argument("--models", help="model repository root (ORTSERVE_MODELS_DIR)")
-    s.add_argument("--host", help="bind address (ORTSERVE_HOST, default 127.0.0.1)")
-    s.add_argument("--port", type=int, help="port (ORTSERVE_PORT, default 8000)")
+def _setting(name: str) -> str:
+    """"(ORTSERVE_NAME, default value)" for a flag's help, from Settings itself."""
+    from app.settings import Settings
+
+    field = Settings.model_fields[name]
+    default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+    shown = "unset" if default is None else (",".join(map(str, default))
+                                             if isinstance(default, list) else default)
+    return f"(ORTSERVE_{name.upper()}, default {shown})"
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "serve", help="run the service: HTTP (and gRPC with ORTSERVE_GRPC_PORT)",
+        description="Serve every model of the repository. Each flag sets the setting named "
+                    "beside it; every other setting is an ORTSERVE_* environment variable "
+                    "(the README's Configuration table lists them all). Once ready it "
+                    "prints where the API, the docs, the playground and the metrics are.",
+        epilog="Without API keys (ORTSERVE_API_KEYS or ORTSERVE_API_KEYS_FILE) the server "
+               "starts on a loopback address only, unless ORTSERVE_ALLOW_UNAUTHENTICATED=true "
+               "(SECURITY.md). `ortserve keygen` prints a new key.")
+    s.add_argument("--models", help=f"model repository root {_setting('models_dir')}")
+    s.add_argument("--host", help=f"bind address {_setting('host')}")
+    s.add_argument("--port", type=int, help=f"HTTP port {_setting('port')}")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"),
-                   help="execution provider choice (ORTSERVE_DEVICE, default auto)")
-    s.add_argument("--default-model", help="model for POST /predict without a model")
+                   help=f"execution provider: auto takes CUDA when a GPU can run the model "
+                        f"{_setting('device')}")
+    s.add_argument("--default-model", help=f"model for POST /predict without one "
+                                           f"{_setting('default_model')}: the only model, "
+                                           "else sentiment")
     s.add_argument("--workers", type=int,
-                   help="worker processes (ORTSERVE_WORKERS; default 1; 0 = one per CPU core); "
-                        "metrics use prometheus-client multiprocess mode when above 1")
-    s.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    s.add_argument("--log-format", choices=("json", "text"))
+                   help=f"worker processes; 0 = one per CPU core; metrics are summed over "
+                        f"them {_setting('workers')}")
+    s.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help=f"the service's log level {_setting('log_level')}")
+    s.add_argument("--log-format", choices=("json", "text"),
+                   help=f"one JSON object per line, or text {_setting('log_format')}")
     s.set_defaults(func=_serve)
-    c = sub.add_parser("check", help="verify manifests and hashes of a model repository")
-    c.add_argument("--models", default=os.environ.get("ORTSERVE_MODELS_DIR", "models"))
+
+
+def _repository_parsers(sub: argparse._SubParsersAction) -> None:
+    models = os.environ.get("ORTSERVE_MODELS_DIR", "models")
+    c = sub.add_parser("check", help="verify every model's newest version as the server would",
+                       description="Manifests, hashes and (with ORTSERVE_MODEL_PUBLIC_KEYS) "
+                                   "signatures; one JSON line per model; exit 1 when one "
+                                   "fails.")
+    c.add_argument("--models", default=models,
+                   help="model repository root (ORTSERVE_MODELS_DIR, default models)")
     c.set_defaults(func=_check)
     i = sub.add_parser("import", help="check an ONNX graph and publish it as a model's next "
-                                       "version (no trainer needed)")
+                                       "version (no trainer needed)",
+                       description="The graph is checked the way the server will use it, "
+                                   "then written as the model's next version with a "
+                                   "manifest; exit 2 with the reason when it cannot serve.")
     i.add_argument("model", help="the .onnx file")
     i.add_argument("--name", required=True, help="model name ([a-z0-9][a-z0-9_-]*)")
     i.add_argument("--kind", required=True, choices=("text-classification",
                                                      "tabular-classification",
-                                                     "tabular-regression"))
+                                                     "tabular-regression"),
+                   help="what the graph does: texts to classes, rows to classes, or rows to "
+                        "a value")
     i.add_argument("--labels", help="class names in output order, comma-separated")
     i.add_argument("--tokenizer", help="tokenizer.json (text-classification)")
     i.add_argument("--features", help="feature names in input order, comma-separated "
@@ -218,16 +294,20 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
     i.add_argument("--output", help="graph output to serve (default: the float one)")
     i.add_argument("--softmax", choices=("auto", "yes", "no"), default="auto",
-                   help="apply softmax to the output (auto: when it is not probabilities)")
+                   help="apply softmax to the output (default auto: when it is not "
+                        "probabilities)")
     i.add_argument("--background", help="feature models: a CSV (header: the feature names) "
                                         "of 1 to 100 training rows that explanations take "
-                                        "unknown features from")
-    i.add_argument("--models", default=os.environ.get("ORTSERVE_MODELS_DIR", "models"),
+                                        "unknown features from (default: none)")
+    i.add_argument("--models", default=models,
                    help="model repository root (ORTSERVE_MODELS_DIR, default models)")
     i.add_argument("--sign-key", help="sign the new version with this EC private key (PEM; "
                                       "default ORTSERVE_SIGN_KEY; an encrypted key's "
                                       "password in ORTSERVE_SIGN_KEY_PASSWORD)")
     i.set_defaults(func=_import)
+
+
+def _signing_parsers(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("sign", help="check a version folder, then sign every file of it "
                                     "(OpenSSF model-signing format, model.sig)")
     g.add_argument("folder", help="the version folder, models/<name>/<version>")
@@ -242,10 +322,29 @@ def main(argv: list[str] | None = None) -> int:
                         "ORTSERVE_MODEL_PUBLIC_KEYS)")
     v.set_defaults(func=_verify)
     k = sub.add_parser("keygen", help="print a new random API key (for ORTSERVE_API_KEYS, "
-                                      "ORTSERVE_ADMIN_KEYS or a key file)")
+                                      "ORTSERVE_ADMIN_KEYS, ORTSERVE_METRICS_KEYS or a key "
+                                      "file)")
     k.set_defaults(func=_keygen)
-    a = p.parse_args(argv)
-    return a.func(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ortserve", description="ortserve: an ONNX model server (predictions, the Open "
+                                     "Inference Protocol over HTTP and gRPC, explanations, "
+                                     "rollouts) and its model repository tools.",
+        epilog="`ortserve <command> --help` explains a command. Settings: ORTSERVE_* "
+               "environment variables (README, Configuration).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+    _serve_parser(sub)
+    _repository_parsers(sub)
+    _signing_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    result: int = a.func(a)
+    return result
 
 
 if __name__ == "__main__":
