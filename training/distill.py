@@ -37,7 +37,7 @@ class StudentConfig:
     layers: int = 3
     kd_temperature: float = 2.0  # softens teacher and student logits in the KL term
     alpha: float = 0.2  # weight of the hard-label cross-entropy; 1 - alpha on the KL term
-    epochs: float = 3.0
+    epochs: float = 2.0
     lr: float = 1e-4
     batch_size: int = 32
     train_limit: int | None = None
@@ -45,6 +45,7 @@ class StudentConfig:
     evals_per_epoch: int = 2
     patience: int = 2
     length_buckets: bool = True
+    bf16: bool = True
 
     def training_config(self, teacher: SentimentConfig) -> SentimentConfig:
         return SentimentConfig(
@@ -52,7 +53,7 @@ class StudentConfig:
             val_limit=self.val_limit, batch_size=self.batch_size, lr=self.lr,
             weight_decay=teacher.weight_decay, warmup_fraction=teacher.warmup_fraction,
             dropout=teacher.dropout, evals_per_epoch=self.evals_per_epoch,
-            patience=self.patience, length_buckets=self.length_buckets)
+            patience=self.patience, length_buckets=self.length_buckets, bf16=self.bf16)
 
 
 PROFILES = {
