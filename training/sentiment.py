@@ -54,7 +54,7 @@ class SentimentConfig:
     layer_decay: float = 1.0  # learning rate x this per layer below the top (1: same lr)
     label_smoothing: float = 0.0
     soft_labels: bool = False  # target = annotator confidence on the label, rest spread evenly
-    bf16: bool = False  # bfloat16 autocast for the training forward/backward passes
+    bf16: bool = False  # bfloat16 autocast in training, where the CPU supports it
 
 
 PROFILES = {
@@ -189,6 +189,15 @@ def tfidf_baseline(texts: list[str], y: np.ndarray, splits: data.Splits,
             "macro_f1": metrics["macro_f1"]}
 
 
+def bf16_supported() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX-512 class CPUs); elsewhere autocast
+    would emulate it, slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def epoch_batches(train_idx: np.ndarray, lengths: np.ndarray, size: int, buckets: bool,
                   gen: torch.Generator) -> list[np.ndarray]:
     """One epoch of training batches in random order. With `buckets`, texts are shuffled,
@@ -256,7 +265,7 @@ def train_classifier(model: TextClassifier, seqs: list[list[int]], y: np.ndarray
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     total_steps = max(1, int(steps_per_epoch * cfg.epochs))
     eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
-    record: dict = {}
+    record: dict = {"bf16": cfg.bf16 and bf16_supported()}
     if cfg.warm_start:
         t0 = time.perf_counter()
         warm_idx = _subset(train_idx, y, cfg.warm_start, seed)
@@ -284,7 +293,7 @@ def train_classifier(model: TextClassifier, seqs: list[list[int]], y: np.ndarray
         batch = queue.pop(0)
         model.train()
         feeds = pad([seqs[i] for i in batch])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=record["bf16"]):
             logits = model.logits(torch.from_numpy(feeds["input_ids"]),
                                   torch.from_numpy(feeds["attention_mask"]))
         logits = logits.float()
