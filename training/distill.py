@@ -245,3 +245,29 @@ def run(output: Path, name: str | None, seed: int, profile: str, csv: Path | Non
                         "rates": rates}
     return TaskResult(name, number, path, "text-classification", manifest["test_metrics"],
                       extra=extra)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m training.distill VERSION_DIR [ROUNDS]`: time a published version's
+    variants again on its test texts (tweets corpus), as the trainer did."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    folder = Path(args[0])
+    m = json.loads((folder / "model.json").read_text())
+    task = sentiment.load_task(None, None, None, None, m["inputs"]["max_length"],
+                               m["provenance"]["seed"])
+    files = {name: folder / v["file"] for name, v in m["variants"].items()}
+    d = m.get("distillation") or {}
+    for _ in range(int(args[1]) if len(args) > 1 else 1):
+        rates = throughput(files, task.test_seqs[:THROUGHPUT_TEXTS])
+        line = f"load {os.getloadavg()[0]:.1f}: {rates}"
+        if d:
+            ratio = rates[d["student_variant"]] / rates[d["teacher_variant"]]
+            line += f"  student/teacher {ratio:.2f}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
