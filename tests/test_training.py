@@ -443,6 +443,10 @@ def test_distill_publishes_a_student_variant_beside_the_teacher(tmp_path, tiny_e
     m2 = _manifest(out / "tiny" / "2")
     assert m2.variants["fp32"].test_metrics == m.variants["fp32"].test_metrics
     assert m2.provenance["training"] == {"checkpoint": str(ckpt)}
+    # ... but not with another seed, whose test split the teacher may have trained on
+    assert train_main(["distill", "--csv", str(path), "--text-column", "text",
+                       "--label-column", "label", "--teacher", str(ckpt), "--seed", "7",
+                       "--output", str(out), "--name", "tiny"]) == 2
 
 
 def test_summary_says_in_red_when_the_served_model_does_not_beat_the_baseline(capsys):

@@ -120,8 +120,13 @@ def throughput(paths: dict[str, Path], seqs: list[list[int]], batch: int = THROU
     return {name: round(len(seqs) / sum(times), 1) for name, times in best.items()}
 
 
-def load_teacher(path: Path, task: TextTask) -> tuple[TextClassifier, SentimentConfig]:
+def load_teacher(path: Path, task: TextTask, seed: int
+                 ) -> tuple[TextClassifier, SentimentConfig]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt["seed"] != seed:
+        # the seed draws the splits: another seed's teacher has trained on this test split
+        raise ValueError(f"{path}: the teacher was trained with --seed {ckpt['seed']}, "
+                         f"not {seed}")
     if ckpt["labels"] != task.labels:
         raise ValueError(f"{path}: teacher labels {ckpt['labels']} != data labels {task.labels}")
     if ckpt["data_sha256"] != task.corpus.sha256:
@@ -158,7 +163,7 @@ def run(output: Path, name: str | None, seed: int, profile: str, csv: Path | Non
     task = sentiment.load_task(csv, text_column, label_column, encoder, tcfg.max_length, seed)
     y = task.y
     if teacher is not None:
-        teacher_model, tcfg = load_teacher(teacher, task)
+        teacher_model, tcfg = load_teacher(teacher, task, seed)
         teacher_training = {"checkpoint": str(teacher)}
         teacher_val = sentiment._subset(task.splits.val, y, tcfg.val_limit, seed)
         sentiment.calibrate(teacher_model, sentiment.predict_torch(
