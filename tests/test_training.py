@@ -386,6 +386,10 @@ def test_variant_choice_under_an_accuracy_budget():
     # a budget admits the students within it of the most accurate variant (0.801)
     assert set(eligible_variants(m, accuracy_budget=0.01)) == {"fp32", "int8", "student-fp32"}
     assert set(eligible_variants(m, accuracy_budget=0.015)) == set(m.variants)
+    # budget 0 keeps a student out even when it is as accurate as the teacher
+    m.variants["student-fp32"].test_metrics["accuracy"] = 0.801
+    assert set(eligible_variants(m)) == {"fp32", "int8"}
+    m.variants["student-fp32"].test_metrics["accuracy"] = 0.795
     # ... and never one whose output depends on its batch mates
     m.variants["student-int8"].batch_invariance_max_diff = 1e-3
     assert "student-int8" not in eligible_variants(m, accuracy_budget=0.05)
