@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-TASKS = ("sentiment", "tabular", "regression", "all")
+TASKS = ("sentiment", "tabular", "regression", "all", "distill")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", choices=TASKS,
                    help="sentiment: MiniLM text classifier on the tweets corpus (or --csv); "
                         "tabular: binary MLP classifier (breast cancer or --csv); "
-                        "regression: MLP regressor (diabetes or --csv); all: the three defaults")
+                        "regression: MLP regressor (diabetes or --csv); all: the three defaults; "
+                        "distill: a sentiment teacher and a 2-3 layer student of it, published "
+                        "together (the student as variants student-fp32/student-int8)")
     p.add_argument("--profile", choices=("quick", "full"), default="quick",
                    help="quick: what the service's first run uses (all defaults in under 5 "
                         "minutes on 2 CPU cores); full: best quality (see README for its time)")
@@ -43,15 +45,64 @@ def build_parser() -> argparse.ArgumentParser:
                         "ORTSERVE_SIGN_KEY; an encrypted key's password in "
                         "ORTSERVE_SIGN_KEY_PASSWORD); a server with "
                         "ORTSERVE_MODEL_PUBLIC_KEYS loads only signed versions")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="sentiment: override a training setting of the profile (e.g. "
+                        "--set max_length=64 --set length_buckets=true); distill: a student "
+                        "setting (e.g. --set layers=2); repeatable")
+    p.add_argument("--teacher-set", dest="teacher_overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="distill: override a setting of the teacher "
+                                             "trained first (ignored with --teacher)")
+    p.add_argument("--teacher", type=Path, help="distill: a teacher checkpoint written by "
+                                                "--save-checkpoint, instead of training one")
+    p.add_argument("--save-checkpoint", type=Path,
+                   help="sentiment/distill: also save the fine-tuned teacher's torch "
+                        "checkpoint here (outside the model repository), for distill --teacher")
     p.add_argument("-v", "--verbose", action="store_true", help="log export/parity details")
     return p
+
+
+def parse_overrides(pairs: list[str], config) -> dict:
+    """KEY=VALUE strings -> values typed like the dataclass `config`'s fields."""
+    from dataclasses import fields
+
+    types = {f.name: str(f.type) for f in fields(config)}
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join(types)}")
+        kind, low = types[key], raw.strip().lower()
+        try:
+            if low == "none" and "None" in kind:
+                value = None
+            elif kind.startswith("bool"):
+                if low not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                value = low in ("true", "1")
+            elif kind.startswith("int"):
+                value = int(raw)
+            elif kind.startswith("float"):
+                value = float(raw)
+            else:
+                value = raw
+        except ValueError:
+            raise ValueError(f"--set {pair!r}: {raw!r} is not a {kind}") from None
+        out[key] = value
+    return out
 
 
 def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.task == "all" and (a.csv or a.name):
         p.error("--csv and --name apply to one task, not 'all'")
+    if a.overrides and a.task not in ("sentiment", "distill"):
+        p.error("--set applies to sentiment and distill")
+    if (a.teacher or a.teacher_overrides) and a.task != "distill":
+        p.error("--teacher and --teacher-set apply to distill")
+    if a.save_checkpoint and a.task not in ("sentiment", "distill"):
+        p.error("--save-checkpoint applies to sentiment and distill")
     if a.csv:
-        if a.task == "sentiment" and not (a.text_column and a.label_column):
+        if a.task in ("sentiment", "distill") and not (a.text_column and a.label_column):
             p.error("sentiment --csv needs --text-column and --label-column")
         if a.task in ("tabular", "regression") and not a.target_column:
             p.error(f"{a.task} --csv needs --target-column")
@@ -62,11 +113,21 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 def run_task(task: str, a: argparse.Namespace):
     common = dict(output=a.output, name=a.name, seed=a.seed, profile=a.profile,
                   sign_key=a.signing_key)
+    text = dict(csv=a.csv, text_column=a.text_column, label_column=a.label_column,
+                encoder=a.encoder, save_checkpoint=a.save_checkpoint)
     if task == "sentiment":
         from training import sentiment
 
-        return sentiment.run(**common, csv=a.csv, text_column=a.text_column,
-                             label_column=a.label_column, encoder=a.encoder)
+        return sentiment.run(**common, **text, overrides=parse_overrides(
+            a.overrides, sentiment.SentimentConfig))
+    if task == "distill":
+        from training import distill, sentiment
+
+        return distill.run(**common, **text,
+                           overrides=parse_overrides(a.overrides, distill.StudentConfig),
+                           teacher_overrides=parse_overrides(a.teacher_overrides,
+                                                             sentiment.SentimentConfig),
+                           teacher=a.teacher)
     if task == "tabular":
         from training import tabular
 
@@ -76,12 +137,23 @@ def run_task(task: str, a: argparse.Namespace):
     return regression.run(**common, csv=a.csv, target_column=a.target_column)
 
 
-def print_summary(results, elapsed: float) -> None:
+def baseline_margin(r) -> tuple[float, float] | None:
+    """Points by which the served model beats the TF-IDF baseline (accuracy, macro-F1)."""
+    if "baseline" not in r.extra:
+        return None
+    b = r.extra["baseline"]
+    return (100 * (r.test_metrics["accuracy"] - b["accuracy"]),
+            100 * (r.test_metrics["macro_f1"] - b["macro_f1"]))
+
+
+def print_summary(results, elapsed: float) -> list[str]:
+    """Print the table; return warnings (a served model that does not beat its baseline)."""
     from rich.console import Console
     from rich.table import Table
 
     from training.evaluate import headline
 
+    warnings = []
     table = Table(title=f"trained in {elapsed:.0f} s")
     for col in ("model", "version", "kind", "test metrics", "written to"):
         table.add_column(col)
@@ -95,8 +167,31 @@ def print_summary(results, elapsed: float) -> None:
                         f"{r.extra['invariance']['int8']:.1e})"
                         f"\nbaseline {b['model']}: accuracy={b['accuracy']:.4f} "
                         f"macro_f1={b['macro_f1']:.4f}")
+            d_acc, d_f1 = baseline_margin(r)
+            if d_acc > 0 and d_f1 > 0:
+                metrics += (f"\n[green]beats the baseline by {d_acc:+.1f} points of accuracy, "
+                            f"{d_f1:+.1f} of macro-F1[/green]")
+            else:
+                metrics += (f"\n[bold red]does NOT beat the baseline: {d_acc:+.1f} points of "
+                            f"accuracy, {d_f1:+.1f} of macro-F1[/bold red]")
+                warnings.append(f"{r.name} v{r.version}: the served model does not beat the "
+                                f"TF-IDF baseline ({d_acc:+.1f} points of accuracy, "
+                                f"{d_f1:+.1f} of macro-F1)")
+        c = r.extra.get("calibration")
+        if c:
+            metrics += (f"\ncalibration: T={c['temperature']:.3f}, test ECE "
+                        f"{c['ece_before']:.4f} -> {c['ece_after']:.4f}, Brier "
+                        f"{c['brier_before']:.4f} -> {c['brier_after']:.4f}")
+        s = r.extra.get("student")
+        if s:
+            metrics += (f"\nstudent ({s['student_layers']} layers, {s['student_variant']}): "
+                        f"accuracy={s['test_metrics']['accuracy']:.4f} macro_f1="
+                        f"{s['test_metrics']['macro_f1']:.4f} (gap {100 * s['accuracy_gap']:.1f}"
+                        f" points), {s['throughput_ratio']:.2f}x the teacher's inputs/s at "
+                        f"batch {s['throughput_batch_size']} ({s['rates']})")
         table.add_row(r.name, str(r.version), r.kind, metrics, str(r.path))
     Console(width=None if sys.stdout.isatty() else 160).print(table)
+    return warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         except (DataError, ExportError, ValueError) as exc:
             print(f"error: {task}: {exc}", file=sys.stderr)
             return 2
-    print_summary(results, time.perf_counter() - t0)
+    for warning in print_summary(results, time.perf_counter() - t0):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -49,12 +49,13 @@ def export_rows_model(module: torch.nn.Module, X_ref: np.ndarray, path: Path,
 def publish_rows_model(output: Path, name: str, kind: str, module: torch.nn.Module, table,
                        splits, seed: int, profile: str, hyperparameters: dict, t0: float,
                        outputs: dict, evaluate_outputs, export=export_rows_model,
-                       labels: list[str] | None = None,
+                       labels: list[str] | None = None, calibrate=None,
                        sign_key: SigningKey | None = None) -> TaskResult:
     """Export, evaluate on the test split with ONNX Runtime, and commit a new version.
 
-    `evaluate_outputs(model_outputs)` returns the test metrics; `export` is the exporter
-    (parity-checked by default); `sign_key` signs the version as it is published.
+    `evaluate_outputs(model_outputs)` returns the test metrics; `calibrate(model_outputs)`,
+    when given, the manifest's calibration block; `export` is the exporter (parity-checked
+    by default); `sign_key` signs the version as it is published.
     """
     from app.contract.background import BACKGROUND_FILE, DEFAULT_ROWS, sample_rows, write_background
     from training.export import run_onnx
@@ -69,7 +70,9 @@ def publish_rows_model(output: Path, name: str, kind: str, module: torch.nn.Modu
                          sample_rows(X_train, seed),
                          f"{DEFAULT_ROWS} rows of the training split, drawn with seed {seed}",
                          (X_train.min(axis=0), X_train.max(axis=0)))
-        metrics = evaluate_outputs(run_onnx(onnx_path, [{"features": X_test}]))
+        test_outputs = run_onnx(onnx_path, [{"features": X_test}])
+        metrics = evaluate_outputs(test_outputs)
+        calibration = calibrate(test_outputs) if calibrate is not None else None
         manifest = {
             "name": name,
             "kind": kind,
@@ -83,6 +86,7 @@ def publish_rows_model(output: Path, name: str, kind: str, module: torch.nn.Modu
             "batching": {"max_batch_size": 256, "max_batch_tokens": 1 << 20, "max_delay_ms": 0,
                          "max_queue_size": 8192},
             "test_metrics": metrics,
+            **({"calibration": calibration} if calibration is not None else {}),
             "provenance": provenance(
                 table.source, table.sha256, seed, profile, hyperparameters,
                 time.perf_counter() - t0,
@@ -91,4 +95,5 @@ def publish_rows_model(output: Path, name: str, kind: str, module: torch.nn.Modu
                 parity_max_abs_diff=parity),
         }
         number, path = version.commit(manifest)
-    return TaskResult(name, number, path, kind, metrics)
+    return TaskResult(name, number, path, kind, metrics,
+                      extra={"calibration": calibration} if calibration is not None else {})

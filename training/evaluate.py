@@ -17,7 +17,10 @@ from sklearn.metrics import (
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray,
                            labels: list[str]) -> dict:
-    """Accuracy, per-class precision/recall/F1, macro-F1, confusion matrix; ROC-AUC if binary."""
+    """Accuracy, per-class precision/recall/F1, macro-F1, confusion matrix, expected
+    calibration error (15 bins) and Brier score; ROC-AUC if binary."""
+    from training.calibration import brier_score, expected_calibration_error
+
     y_pred = probs.argmax(axis=1)
     k = list(range(len(labels)))
     p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=k,
@@ -33,6 +36,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray,
             for i, lab in enumerate(labels)
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=k).tolist(),
+        "ece": round(expected_calibration_error(probs, y_true), 4),
+        "brier": round(brier_score(probs, y_true), 4),
     }
     if len(labels) == 2:
         out["roc_auc"] = round(float(roc_auc_score(y_true, probs[:, 1])), 4)

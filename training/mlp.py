@@ -25,7 +25,8 @@ class Standardize(nn.Module):
 
 
 class BinaryClassifier(nn.Module):
-    """Raw rows in, probabilities [p(class 0), p(class 1)] out."""
+    """Raw rows in, probabilities [p(class 0), p(class 1)] out: sigmoid(logit / temperature),
+    with the temperature fitted on validation after training (1 before)."""
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, hidden: tuple[int, ...],
                  dropout: float) -> None:
@@ -38,12 +39,13 @@ class BinaryClassifier(nn.Module):
             width = h
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
+        self.register_buffer("temperature", torch.tensor(1.0))
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(self.scale(features)).squeeze(-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        p = torch.sigmoid(self.logits(features)).unsqueeze(-1)
+        p = torch.sigmoid(self.logits(features) / self.temperature).unsqueeze(-1)
         return torch.cat([1 - p, p], dim=-1)
 
 

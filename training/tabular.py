@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from app.contract.signing import SigningKey
-from training import data, evaluate
+from training import calibration, data, evaluate
 from training.common import TaskResult, export_rows_model, publish_rows_model, seed_everything
 from training.mlp import BinaryClassifier, FitConfig, fit
 
@@ -37,6 +37,12 @@ def run(output: Path, name: str | None, seed: int, profile: str,
     result = fit(model, _bce, Xtr, y[splits.train], X[splits.val], y[splits.val], cfg,
                  desc=f"{name or DEFAULT_NAME} (tabular)")
     y_test = y[splits.test].astype(int)
+    with torch.no_grad():
+        val_logit = model.logits(torch.from_numpy(X[splits.val])).numpy()
+    model.temperature.fill_(calibration.fit_temperature(calibration.binary_logits(val_logit),
+                                                        y[splits.val].astype(int)))
+    temperature = float(model.temperature)  # as the graph stores it (float32)
+    fitted_on = f"validation split ({len(splits.val)} rows)"
     return publish_rows_model(
         output, name or DEFAULT_NAME, "tabular-classification", model, table, splits, seed,
         profile,
@@ -45,9 +51,14 @@ def run(output: Path, name: str | None, seed: int, profile: str,
          "activation": "relu", "dropout": DROPOUT, "optimizer": "adam",
          "lr": cfg.lr, "batch_size": cfg.batch_size, "max_epochs": cfg.max_epochs,
          "patience": cfg.patience, "epochs_run": result.epochs_run,
-         "best_epoch": result.best_epoch, "standardisation": "fitted on train, in graph"},
+         "best_epoch": result.best_epoch, "standardisation": "fitted on train, in graph",
+         "temperature": round(temperature, 6)},
         t0,
         {"name": "probabilities", "shape": ["batch", 2],
-         "meaning": "probability of each label, in `labels` order"},
+         "meaning": "probability of each label, in `labels` order, temperature-scaled on "
+                    "the validation split (see calibration)"},
         lambda probs: evaluate.classification_metrics(y_test, probs, table.label_names),
-        export=export_rows_model, labels=table.label_names, sign_key=sign_key)
+        export=export_rows_model, labels=table.label_names,
+        calibrate=lambda probs: calibration.report(
+            temperature, fitted_on, y_test, calibration.uncalibrated(probs, temperature), probs),
+        sign_key=sign_key)

@@ -68,11 +68,46 @@ class Batching(BaseModel):
     max_queue_size: int | None = Field(default=None, ge=1)
 
 
+class Calibration(BaseModel):
+    """How a classifier's scores were calibrated (optional: manifests before it lack it).
+
+    The graph's probabilities are softmax(logits / temperature) (sigmoid for a binary
+    head), with the temperature fitted on the validation split; expected calibration error
+    (top-label, `bins` equal-width bins) and Brier score (mean over inputs of the summed
+    squared error against the one-hot label) are measured on the `n` test inputs without
+    the temperature (`_before`) and with it (`_after`, what the graph serves)."""
+
+    method: Literal["temperature"] = "temperature"
+    temperature: float = Field(gt=0)
+    fitted_on: str = ""
+    bins: int = Field(default=15, ge=1)
+    n: int | None = Field(default=None, ge=0)
+    ece_before: float | None = None
+    ece_after: float | None = None
+    brier_before: float | None = None
+    brier_after: float | None = None
+
+
+class Throughput(BaseModel):
+    """Inputs per second of a variant's graph, timed by the trainer in one process with
+    the other variants of the same version (compare within one manifest only)."""
+
+    batch_size: int = Field(ge=1)
+    inputs_per_s: float = Field(ge=0)
+    texts: int | None = Field(default=None, ge=1)
+
+
 class Variant(BaseModel):
     file: str
     test_metrics: dict[str, Any] = Field(default_factory=dict)
     size_ratio: float | None = None
     batch_invariance_max_diff: float | None = None  # |alone - in a batch| on a test sample
+    calibration: Calibration | None = None
+    throughput: Throughput | None = None
+    layers: int | None = Field(default=None, ge=1)  # transformer layers (text models)
+    # A distilled student names the variant it learnt from; it serves only when an
+    # accuracy budget allows it (eligible_variants), never under the default rule.
+    distilled_from: str | None = None
 
 
 class Manifest(BaseModel):
@@ -94,6 +129,9 @@ class Manifest(BaseModel):
     artifacts: dict[str, Artifact]
     batching: Batching = Field(default_factory=Batching)
     test_metrics: dict[str, Any] = Field(default_factory=dict)
+    calibration: Calibration | None = None  # of the graph in model_file
+    # distill: teacher/student variants, layers kept, accuracy gap, throughput ratio
+    distillation: dict[str, Any] | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -117,6 +155,10 @@ class Manifest(BaseModel):
                 raise ValueError(f"artifact name {f!r} must be a plain file name")
             if f in (MANIFEST_FILE, SIGNATURE_FILE):
                 raise ValueError(f"{f} cannot be an artifact of its own version")
+        for name, v in self.variants.items():
+            if v.distilled_from is not None and v.distilled_from not in self.variants:
+                raise ValueError(f"variant {name!r} is distilled from unknown variant "
+                                 f"{v.distilled_from!r}")
         return self
 
 
@@ -132,10 +174,15 @@ def describe_artifact(path: Path) -> Artifact:
     return Artifact(sha256=sha256_file(path), bytes=path.stat().st_size)
 
 
-def eligible_variants(m: Manifest) -> dict[str, str]:
+def eligible_variants(m: Manifest, accuracy_budget: float = 0.0) -> dict[str, str]:
     """Variant name -> file of every variant accurate enough to serve (see
     VARIANT_MAX_ACCURACY_DROP): the manifest's default always, the others when their
-    recorded test accuracy and batch invariance pass. {} for a manifest without variants."""
+    recorded test accuracy and batch invariance pass. {} for a manifest without variants.
+
+    A distilled student (`distilled_from` set) is a different, smaller model: with the
+    default budget 0 it never serves; with `accuracy_budget` > 0 it may, when its test
+    accuracy is within the budget of the most accurate variant (and its batch drift
+    passes)."""
     if not m.variants:
         return {}
     best = max((a for v in m.variants.values()
@@ -143,9 +190,12 @@ def eligible_variants(m: Manifest) -> dict[str, str]:
     out = {}
     for name, v in m.variants.items():
         accuracy = v.test_metrics.get("accuracy")
+        allowed = (accuracy_budget if v.distilled_from is not None
+                   else VARIANT_MAX_ACCURACY_DROP)
         ok = (v.file == m.model_file or (
-            best is not None and isinstance(accuracy, (int, float))
-            and best - accuracy <= VARIANT_MAX_ACCURACY_DROP
+            (v.distilled_from is None or accuracy_budget > 0)
+            and best is not None and isinstance(accuracy, (int, float))
+            and best - accuracy <= allowed
             and v.batch_invariance_max_diff is not None
             and v.batch_invariance_max_diff <= VARIANT_MAX_BATCH_DRIFT))
         if ok and v.file in m.artifacts:
