@@ -72,6 +72,13 @@ class Settings(BaseSettings):
                     "files is refused (reason `signature`). Empty: signatures are not "
                     "checked.")
 
+    accuracy_budget: float = Field(
+        0.0, ge=0, le=1, description="With model_variant auto: how much lower (a fraction, "
+                                     "e.g. 0.015 for 1.5 points) a distilled student's test "
+                                     "accuracy may be than the most accurate variant's for "
+                                     "it to be timed and served when faster. 0: students "
+                                     "never serve.")
+
     # Execution
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU.")

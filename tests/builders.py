@@ -317,3 +317,27 @@ def add_variants_model(root: Path, name: str = "variants") -> Path:
                      "wrong": variant("wrong.onnx", 0.85, 0.0),
                      "drifty": variant("drifty.onnx", 0.90, 1e-3)}})
     return folder
+
+
+def add_distilled_model(root: Path, name: str = "distilled") -> Path:
+    """A classifier with a `teacher` (the manifest's default: a wide hidden layer, accuracy
+    0.90) and a distilled `student` (tiny, accuracy 0.88, batch-invariant), and the
+    teacher's calibration as the trainer records it."""
+    folder = root / name / "1"
+    folder.mkdir(parents=True)
+    build_rows_model(folder / "teacher.onnx", len(FEATURES), True, hidden=1536)
+    build_rows_model(folder / "student.onnx", len(FEATURES), True)
+    calibration = {"method": "temperature", "temperature": 1.25, "fitted_on": "validation",
+                   "bins": 15, "n": 200, "ece_before": 0.061, "ece_after": 0.018,
+                   "brier_before": 0.19, "brier_after": 0.17}
+    write_manifest(folder, {
+        "name": name, "version": 1, "kind": "tabular-classification", "labels": ["no", "yes"],
+        "inputs": {"type": "features", "features": [{"name": f} for f in FEATURES]},
+        "outputs": {"name": "probabilities"}, "model_file": "teacher.onnx",
+        "batching": {"max_batch_size": 64}, "calibration": calibration,
+        "variants": {
+            "teacher": {"file": "teacher.onnx", "test_metrics": {"accuracy": 0.90},
+                        "batch_invariance_max_diff": 0.0, "calibration": calibration},
+            "student": {"file": "student.onnx", "test_metrics": {"accuracy": 0.88},
+                        "batch_invariance_max_diff": 1e-7, "distilled_from": "teacher"}}})
+    return folder

@@ -8,7 +8,7 @@ import pytest
 
 from app.contract.manifest import Manifest, eligible_variants
 from app.serving.loader import choose_variant
-from tests.builders import add_variants_model
+from tests.builders import add_distilled_model, add_variants_model
 from tests.servers import metric_value
 
 pytestmark = pytest.mark.anyio
@@ -69,3 +69,34 @@ async def test_a_named_variant_is_served_as_asked(make_client, repo):
     info = next(m for m in (await client.get("/models")).json()["models"]
                 if m["name"] == "variants")
     assert info["variant"] == "wrong"
+
+
+@pytest.mark.parametrize("budget, served", [(0.0, "teacher"), (0.01, "teacher"),
+                                            (0.03, "student")])
+async def test_a_student_serves_only_within_the_accuracy_budget(make_client, repo, budget,
+                                                                  served):
+    """ORTSERVE_ACCURACY_BUDGET: a distilled student 2 points below its teacher is timed
+    (and, an order of magnitude faster on one CPU thread, served) only when the budget
+    allows 2 points; /models says so."""
+    add_distilled_model(repo)
+    client = await make_client(instances=1, device="cpu", intra_op_threads=1,
+                               accuracy_budget=budget, models=["distilled"])
+    info = (await client.get("/models/distilled")).json()
+    assert info["variant"] == served
+    if served == "student":
+        assert set(info["variant_rates"]) == {"teacher", "student"}
+        assert "ORTSERVE_ACCURACY_BUDGET=0.03" in info["variant_reason"]
+        assert "0.0200 below the most accurate variant" in info["variant_reason"]
+    else:
+        assert "student" not in info["variant_rates"]
+
+
+async def test_models_report_the_served_graphs_calibration(make_client, repo):
+    add_distilled_model(repo)
+    client = await make_client(models=["distilled"], model_variant="manifest")
+    summary = (await client.get("/models")).json()["models"][0]
+    assert summary["calibration"]["ece_after"] == 0.018
+    assert summary["calibration"]["temperature"] == 1.25
+    detail = (await client.get("/models/distilled")).json()
+    assert detail["calibration"] == summary["calibration"]
+    assert detail["test_metrics"] == {"accuracy": 0.90}

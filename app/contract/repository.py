@@ -285,19 +285,22 @@ def _check_graph(fname: str, data: bytes) -> None:
 
 
 def verify(name: str, version: int, path: Path, variant: str | None = None,
-           trusted: TrustedKeys | None = None, every_artifact: bool = False
-           ) -> VerifiedVersion:
+           trusted: TrustedKeys | None = None, every_artifact: bool = False,
+           accuracy_budget: float = 0.0) -> VerifiedVersion:
     """Check one version folder against its manifest; VersionRejected says why it cannot
     serve. `variant`: None or `manifest` (the manifest's default file), `auto` (every
     eligible variant, for the loader to time), or a variant's name. With `trusted` keys
     the version must carry a signature by one of them that covers every file of the
     folder exactly, and each file read is compared with it. `every_artifact`: read and
-    check every listed file, not only those the variant needs (before signing)."""
+    check every listed file, not only those the variant needs (before signing).
+    `accuracy_budget`: with `auto`, how far below the most accurate variant a distilled
+    student may be and still be timed (`eligible_variants`)."""
     with VersionFolder(path) as folder:
         manifest_bytes = folder.read(MANIFEST_FILE, MAX_MANIFEST_BYTES)
         signed = _check_signature(folder, manifest_bytes, trusted) if trusted else None
         manifest = read_manifest(name, version, manifest_bytes)
-        candidates = eligible_variants(manifest) if variant == "auto" else {}
+        candidates = (eligible_variants(manifest, accuracy_budget) if variant == "auto"
+                      else {})
         named = None if variant in ("auto", "manifest") else variant
         model_file = _variant_file(manifest, named)
         graphs, needed = _needed(manifest, [model_file, *candidates.values()], every_artifact)

@@ -19,7 +19,7 @@ from app.runtime.memory import release_freed_memory, rss_mb
 from app.runtime.session import CPU, DeviceError, ModelSession, create_session
 from app.runtime.tensors import Scores
 from app.serving.model import LoadedModel
-from app.serving.variants import ServedVariant, choose_variant, time_variants
+from app.serving.variants import ServedVariant, budget_note, choose_variant, time_variants
 from app.settings import Settings, resolved_instances, resolved_intra_op_threads
 
 log = logging.getLogger("ortserve.loader")
@@ -117,7 +117,7 @@ def _build(found: VerifiedVersion, settings: Settings, files: Mapping[str, str]
 
 
 async def _choose(source: ModelSource, pipeline: AnyPipeline, sessions: dict[str, ModelSession],
-                  limits: BatchLimits) -> tuple[ServedVariant, ModelSession]:
+                  limits: BatchLimits, budget: float) -> tuple[ServedVariant, ModelSession]:
     """The variant to serve: the only one, or the fastest of the candidates on this host."""
     if len(sessions) == 1:
         [session] = sessions.values()
@@ -128,6 +128,7 @@ async def _choose(source: ModelSource, pipeline: AnyPipeline, sessions: dict[str
         raise LoadError("warmup", f"timing the variants failed: {type(exc).__name__}: "
                                   f"{exc}") from exc
     chosen, why = choose_variant(rates, source.variant)
+    why += budget_note(source.manifest, chosen, budget)
     log.info("model %s version %s: serving variant %s (%s)", source.name, source.version,
              chosen, why)
     session = sessions.pop(chosen)
@@ -163,7 +164,7 @@ async def load(found: VerifiedVersion, settings: Settings, metrics: Metrics) -> 
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to build is this version's
         raise LoadError("session", f"cannot load: {type(exc).__name__}: {exc}") from exc
-    variant, session = await _choose(source, pipeline, sessions, limits)
+    variant, session = await _choose(source, pipeline, sessions, limits, s.accuracy_budget)
     check_outputs(source, session.output_shape)
     labels = (source.name, str(source.version))
     queue = BatchQueue(BatchRunner(pipeline, session), limits,

@@ -335,4 +335,16 @@ class LoadedModel:
             memory_mb=self.memory_mb,
             explainable=e is not None and (e.text or e.background is not None),
             explain_baseline=e.baseline if e else None,
-            feature_ranges=tuple(e.feature_ranges) if e and e.feature_ranges else None)
+            feature_ranges=tuple(e.feature_ranges) if e and e.feature_ranges else None,
+            **self._quality())
+
+    def _quality(self) -> dict[str, Any]:
+        """The served graph's calibration and test metrics (its variant's when recorded)."""
+        m = self.manifest
+        variant = m.variants.get(self.variant.name or "")
+        calibration = (variant.calibration if variant is not None and variant.calibration
+                       else m.calibration)
+        metrics = variant.test_metrics if variant is not None and variant.test_metrics \
+            else m.test_metrics
+        return {"calibration": calibration.model_dump(mode="json") if calibration else None,
+                "test_metrics": metrics or None}

@@ -407,7 +407,7 @@ class _VersionChecker:
         try:
             self.verified[v] = await asyncio.to_thread(
                 verify, rec.name, v, path, registry.settings.variant_for(rec.name),
-                registry.trusted)
+                registry.trusted, accuracy_budget=registry.settings.accuracy_budget)
         except VersionRejected as exc:
             registry._failed(rec, vr, exc.kind, str(exc), fp)
             return False

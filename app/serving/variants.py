@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from app.contract.manifest import Manifest
 from app.pipelines import Pipeline
 from app.runtime.batcher import BatchLimits
 from app.runtime.session import ModelSession
@@ -51,6 +52,22 @@ def time_variants(pipeline: Pipeline[P], sessions: Mapping[str, ModelSession],
                 pipeline.run_batch(session.run, b)
             best[variant] = min(best[variant], time.perf_counter() - t0)
     return {v: round(inputs / t, 1) for v, t in best.items()}
+
+
+def budget_note(manifest: Manifest, chosen: str, budget: float) -> str:
+    """Why a distilled student may serve (its accuracy against the best variant's); "" for
+    any other variant."""
+    variant = manifest.variants.get(chosen)
+    if variant is None or variant.distilled_from is None:
+        return ""
+    accuracies = [a for v in manifest.variants.values()
+                  if isinstance(a := v.test_metrics.get("accuracy"), int | float)]
+    accuracy = variant.test_metrics.get("accuracy")
+    if not accuracies or not isinstance(accuracy, int | float):
+        return ""
+    return (f"; {chosen} is a distilled student admitted by ORTSERVE_ACCURACY_BUDGET="
+            f"{budget:g}: test accuracy {accuracy:.4f}, {max(accuracies) - accuracy:.4f} "
+            "below the most accurate variant")
 
 
 def choose_variant(rates: Mapping[str, float], default: str | None) -> tuple[str, str]:

@@ -49,6 +49,10 @@ class ServedVersion:
     explainable: bool
     explain_baseline: str | None
     feature_ranges: tuple[Mapping[str, Any], ...] | None
+    # the served graph's calibration (temperature, ECE and Brier before/after) and test
+    # metrics, from the manifest (its variant's, when it records them)
+    calibration: Mapping[str, Any] | None = None
+    test_metrics: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,6 +127,13 @@ function showCard(d) {
     if (typeof metrics[k] === "number") facts[`test ${k}`] = metrics[k].toFixed(4);
   }
   if (metrics.n) facts["test inputs"] = metrics.n;
+  const cal = d.calibration;
+  if (cal && typeof cal.ece_after === "number") {
+    // calibrated: among answers scored 0.9, about 9 in 10 were right on the test split
+    facts.calibration = `temperature ${cal.temperature.toFixed(3)}; expected calibration ` +
+      `error ${cal.ece_after.toFixed(4)} (was ${cal.ece_before.toFixed(4)}), Brier ` +
+      `${cal.brier_after.toFixed(4)} on ${cal.n} test inputs`;
+  }
   facts["explanation baseline"] = d.explain_baseline || "-";
   const dl = $("card-facts");
   dl.innerHTML = "";

@@ -69,6 +69,10 @@ class ModelSummary(BaseModel):
     feature_ranges: list[dict[str, Any]] | None = Field(
         None, description="Feature models with a background: per feature its name, min, max "
                           "(of the training split) and a typical value.")
+    calibration: dict[str, Any] | None = Field(
+        None, description="How the served graph's scores were calibrated: temperature, and "
+                          "expected calibration error (15 bins) and Brier score on the test "
+                          "split before and after (README \"Training\").")
     policy: str | list[int] | None = Field(None, description="Version policy.")
     pinned_version: int | None = Field(
         None, description="Set by an explicit load of one version: requests without a "

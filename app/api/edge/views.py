@@ -25,6 +25,7 @@ def served_facts(v: ServedVersion) -> dict[str, Any]:
         "load_seconds": v.load_seconds, "memory_mb": v.memory_mb,
         "explainable": v.explainable, "explain_baseline": v.explain_baseline,
         "feature_ranges": [dict(r) for r in v.feature_ranges] if v.feature_ranges else None,
+        "calibration": dict(v.calibration) if v.calibration else None,
     }
 
 

@@ -27,7 +27,7 @@ router = APIRouter(tags=["models"], route_class=route_class(V1, Access.PREDICT))
 def _detail(v: ServedVersion) -> dict[str, Any]:
     m = v.manifest
     return {**served_facts(v), "manifest": m.model_dump(mode="json"),
-            "test_metrics": m.test_metrics, "labels": m.labels,
+            "test_metrics": dict(v.test_metrics or m.test_metrics), "labels": m.labels,
             "inputs": m.inputs.model_dump(mode="json", exclude_none=True)}
 
 
