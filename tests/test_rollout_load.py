@@ -12,8 +12,9 @@ meet.
 
 (a) canary share, (b) sticky keys in one and in a second process, (c) raising the canary
 percentage, (d) shadowing changes no answer and reports the agreement exactly, (e) the gate
-refuses and then promotes under closed-loop load, (f) `auto` rolls a failing candidate back,
-(g) `rollout.json` followed by two workers.
+refuses and then promotes under closed-loop load, (f) `auto` rolls a failing candidate back
+(and the error rate counts shadowed inputs, not requests), (g) `rollout.json` followed by
+two workers.
 """
 
 from __future__ import annotations
@@ -496,6 +497,31 @@ def test_f_auto_rolls_back_a_candidate_that_fails_on_some_inputs(service):
     assert [v["version"] for v in model["versions"] if v["state"] == "ready"] == [1]
     bodies = ok_bodies(exchange(url, [predict_request("fragile", [x]) for x in inputs * 5]))
     assert {b["version"] for b in bodies} == {1}
+
+
+def test_shadow_error_rate_counts_inputs_like_the_samples_it_is_divided_by(service):
+    """Real uvicorn, one request at a time (each shadow copy runs alone). 20 shadowed
+    requests of 8 rows; 2 of them hold a row version 2 fails on, so it answers 90% of the
+    requests and 90% of the inputs: its error rate is 10%, whether counted in requests or
+    inputs. (Failed requests counted against compared inputs made it 2 / 146, and a gate of
+    at most 5% more errors let such a candidate through.)"""
+    url = service.url
+    put_rollout(url, "units", {"candidate": 2, "stable": 1, "shadow_percent": 100,
+                               "gate": {"min_samples": 10, "min_agreement": None,
+                                        "max_error_rate_increase": 0.05} | NO_LATENCY})
+    for i in range(20):
+        batch = rows(8, seed=100 + i)
+        if i in (3, 13):
+            batch[5] = [3.0, 0.0, 0.0, 0.0]
+        ok_bodies(exchange(url, [predict_request("units", batch)], connections=1))
+        # its shadow copy was submitted before the answer was sent: wait until it is done
+        wait_until(lambda: get_rollout(url, "units")["shadow"]["inflight"] == 0, BOUND_S,
+                   "the shadow copy done")
+    state = get_rollout(url, "units")
+    assert (state["shadow"]["samples"], state["shadow"]["errors"]) == (18 * 8, 2 * 8)
+    c = criterion(state, "max_error_rate_increase")
+    assert c["status"] == "not_met" and c["value"] == pytest.approx(0.1), c
+    assert not state["promotable"]
 
 
 # -- (g) ---------------------------------------------------------------------------------------
