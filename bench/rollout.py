@@ -9,10 +9,11 @@ at load could give them different files.
 
 Each "with" run starts the rollout (the candidate is loaded and warmed before the load
 begins) and ends it (rollback, the candidate unloaded) afterwards, so each "without" run
-serves exactly what a server without rollouts serves. Reported: predict throughput, p50 and
-p99; the shadow copies compared per second during the load, and those dropped (the shadow
-bound or the candidate's background lane full, or too long a wait) or failed. Target:
-predict p99 with the shadow <= 1.25x without (medians of the rounds).
+serves exactly what a server without rollouts serves; the pairs alternate their order.
+Reported: predict throughput, p50 and p99; the shadow copies compared per second during the
+load, and those dropped (the shadow bound or the candidate's background lane full, or too
+long a wait) or failed. Target: predict p99 with the shadow <= 1.25x without (the median of
+the rounds' ratios, each from a pair of runs a few seconds apart).
 
 Writes the `rollout` section of docs/benchmarks.md.
 """
