@@ -1,5 +1,6 @@
-"""`python -m bench run|probe|report|soak|drain|swap|protocols`: benchmark the service
-beside its ceilings, soak it, measure a drain, version swaps, or the APIs side by side."""
+"""`python -m bench run|probe|report|soak|drain|swap|protocols|...|rollout`: benchmark the
+service beside its ceilings, soak it, measure a drain, version swaps, the APIs side by side,
+or a rollout's shadow under load."""
 
 from __future__ import annotations
 
@@ -336,6 +337,12 @@ def explain(a: argparse.Namespace) -> int:
     return run_explain(Path(a.models), a.seconds, a.rounds, a.explainers, Path(a.out))
 
 
+def rollout(a: argparse.Namespace) -> int:
+    from bench.rollout import run_rollout
+
+    return run_rollout(Path(a.models), a.seconds, a.rounds, Path(a.out))
+
+
 def shap(a: argparse.Namespace) -> int:
     from bench.shap_compare import run_shap
 
@@ -432,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--seconds", type=float, default=10.0, help="per load row")
     ex.add_argument("--rounds", type=int, default=2)
     ex.add_argument("--explainers", type=int, default=2, help="explaining clients")
+    ro = command("rollout", rollout, help="predict latency at c=16 without a rollout and with "
+                                          "a 100%% shadow on a copy of sentiment, "
+                                          "alternating; shadow throughput and drops; writes "
+                                          "docs/benchmarks.md's rollout section")
+    ro.add_argument("--seconds", type=float, default=10.0, help="per load run")
+    ro.add_argument("--rounds", type=int, default=3)
     command("shap", shap, help="what the shap library would add (size, packages) and its "
                                "explainers beside /explain on the same rows; writes "
                                "docs/benchmarks.md's shap section")

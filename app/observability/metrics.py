@@ -132,7 +132,8 @@ class Metrics:
             "over |stable value| per shadowed input.", pair, buckets=DIFF_BUCKETS,
             registry=r)
         self.rollout_shadow_errors = Counter(
-            "ortserve_rollout_shadow_errors", "Shadowed requests the candidate failed on.",
+            "ortserve_rollout_shadow_errors", "Shadowed inputs the candidate failed on (every "
+            "input of a shadowed request it failed).",
             pair, registry=r)
         self.rollout_shadow_dropped = Counter(
             "ortserve_rollout_shadow_dropped", "Shadowed inputs dropped before they ran (the "
@@ -258,8 +259,8 @@ class RolloutObserver:
         if relative is not None:
             self._relative.observe(relative)
 
-    def shadow_failed(self) -> None:
-        self._errors.inc()
+    def shadow_failed(self, inputs: int) -> None:
+        self._errors.inc(inputs)
 
     def dropped(self, inputs: int) -> None:
         self._dropped.inc(inputs)

@@ -84,7 +84,7 @@ class Comparisons:
     difference: Reservoir = field(default_factory=Reservoir)  # |score| or |value| difference
     difference_sum: float = 0.0
     relative: Reservoir = field(default_factory=Reservoir)  # regressors: relative difference
-    errors: int = 0  # shadowed requests the candidate failed
+    errors: int = 0  # shadowed inputs the candidate failed on (all those of a failed copy)
     dropped: int = 0  # shadowed inputs dropped under load
 
 

@@ -80,6 +80,12 @@ class ShadowRunner:
         self.rollout.comparisons.dropped += n
         self.observer.dropped(n)
 
+    def _failed(self, n: int) -> None:
+        """Every input of a failed copy counts, like the samples the error rate divides by
+        (a request of 8 inputs answered adds 8 samples; failed, it adds 8 errors)."""
+        self.rollout.comparisons.errors += n
+        self.observer.shadow_failed(n)
+
     async def _run(self, candidate: LoadedModel, inputs: Any, stable: InferenceResult) -> None:
         n = len(stable.outputs)
         try:
@@ -88,13 +94,11 @@ class ShadowRunner:
             if exc.code in ("queue_full", "deadline_exceeded", "model_not_ready"):
                 self._drop(n)
             else:  # the candidate failed on inputs the stable version answered
-                self.rollout.comparisons.errors += 1
-                self.observer.shadow_failed()
+                self._failed(n)
             return
         except Exception:  # noqa: BLE001 - a shadow never fails a request; it is counted
             log.exception("model %s: shadow comparison failed", self.rollout.model)
-            self.rollout.comparisons.errors += 1
-            self.observer.shadow_failed()
+            self._failed(n)
             return
         finally:
             self.rollout.shadow_inflight -= n

@@ -68,8 +68,9 @@ class ShadowBody(BaseModel):
     p95_relative_difference: float | None
     confusion: list[dict[str, Any]] = Field(description="{stable, candidate, count} per "
                                                         "label pair.")
-    errors: int
-    dropped: int
+    errors: int = Field(description="Shadowed inputs the candidate failed on (every input "
+                                    "of a shadowed request it failed).")
+    dropped: int = Field(description="Shadowed inputs dropped before they ran.")
     inflight: int
 
 
