@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.errors import QueueFull
-from app.runtime.batcher import BatchLimits, BatchQueue
+from app.runtime.batcher import BatchLimits, BatchQueue, Foreground
 from tests.sync import WAIT_S, settle_loop, until
 
 pytestmark = pytest.mark.anyio
@@ -473,7 +473,32 @@ async def test_background_work_runs_one_batch_at_a_time_and_predictions_start_at
     await second.future
     await low.future
     base = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
-    assert model.nice[7] == model.nice[8] == base
-    # the background thread runs under SCHED_IDLE (Linux, per thread), or reniced
-    assert model.nice[100][0] == os.SCHED_IDLE or model.nice[100][1] > base[1]
+    # the background thread runs at the process's own priority: at idle priority it was
+    # preempted while holding the GIL and the event loop waited for a free core (up to
+    # 0.8 s on a busy host); waiting for idle moments is the lane's gate, not the OS's
+    assert model.nice[7] == model.nice[8] == model.nice[100] == base
     await q.close()
+
+
+async def test_background_work_waits_for_every_models_predictions():
+    """Queues of the process share a Foreground: one model's background lane (a rollout's
+    shadow copies on the candidate) waits while another model (the stable version) has a
+    prediction running."""
+    stable, candidate = Starts(), Starts()
+    stable.gate.clear()
+    foreground = Foreground()
+    limits = BatchLimits(**DEFAULT_LIMITS)
+    a = BatchQueue(stable, limits, instances=1, foreground=foreground)
+    b = BatchQueue(candidate, limits, instances=1, low_batch_size=4, foreground=foreground)
+    a.start()
+    b.start()
+    job = a.submit([7], [1])
+    await until(lambda: stable.started == [[7]], "the stable prediction running")
+    low = b.submit_low([100, 101], [1, 1])
+    await settle_loop()
+    assert candidate.started == [] and b.low_queued == 2  # held back by the other model
+    stable.gate.set()
+    assert await job.future == [14]
+    assert await low.future == [200, 202]
+    await a.close()
+    await b.close()

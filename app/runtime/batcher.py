@@ -9,18 +9,16 @@ about text or rows: it moves opaque payloads with a cost (their length) and hand
 its results in input order.
 
 A second, lower-priority lane carries background work (the perturbed inputs of
-explanations): one batch at a time, of at most `low_batch_size` items, started only when no
-prediction is queued or running, on its own thread at the lowest CPU priority (SCHED_IDLE
-on Linux). It takes no instance from predictions: one that arrives while a background batch
-runs starts at once, and the OS gives that batch only the CPU predictions leave. A
-prediction never waits behind a queue of explanation work.
+explanations, a rollout's shadow copies): one batch at a time, of at most `low_batch_size`
+items, started only when no prediction of any model in the process is queued or running
+(`Foreground`). It takes no instance from predictions: one that arrives while a background
+batch runs starts at once, and meets at most that one small batch. A prediction never waits
+behind a queue of background work.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
@@ -109,24 +107,36 @@ COST_DECAY = 0.9
 # Jobs whose estimate is at least this long teach admission how late jobs really finish
 # (the model's own cost leaves out the event loop's backlog and CPU shared with it).
 CALIBRATE_ABOVE_S = 0.01
-# Niceness of the thread that runs the low-priority lane's batches where SCHED_IDLE is
-# not available (Linux: both apply per thread).
-LOW_NICE = 19
+class Foreground:
+    """The predictions queued or running in this process, across every model's queue: a
+    background batch of any model starts only when there are none, and every queue with
+    background work waiting is woken when that happens. With one queue's own predictions
+    only, a rollout's shadow copies on the candidate ran beside the stable version's
+    predictions and cost them 18% of their throughput (`python -m bench rollout`)."""
 
+    def __init__(self) -> None:
+        self._busy: set[int] = set()  # queues with predictions queued or running
+        self._watching: set[asyncio.Event] = set()
 
-def _lower_priority() -> None:
-    """The background thread runs under SCHED_IDLE (Linux: only when no other thread wants
-    the core, preempted at once when one does), else at the lowest niceness."""
-    tid = threading.get_native_id()
-    try:
-        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        return
-    except (AttributeError, OSError):
-        pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, LOW_NICE)
-    except (AttributeError, OSError):  # not permitted: it still runs, at normal priority
-        pass
+    @property
+    def idle(self) -> bool:
+        return not self._busy
+
+    def update(self, queue: object, busy: bool) -> None:
+        key = id(queue)
+        if busy:
+            self._busy.add(key)
+        elif key in self._busy:
+            self._busy.discard(key)
+            if not self._busy:
+                for event in self._watching:
+                    event.set()
+
+    def watch(self, event: asyncio.Event) -> None:
+        self._watching.add(event)
+
+    def unwatch(self, event: asyncio.Event) -> None:
+        self._watching.discard(event)
 
 
 def _outcome(future: asyncio.Future[tuple[Outputs, float]]
@@ -147,7 +157,8 @@ class BatchQueue(Generic[P]):
     def __init__(self, run_batch: Callable[[list[P]], Outputs], limits: BatchLimits,
                  observer: BatchObserver | None = None, name: str = "model",
                  instances: int = 1, low_batch_size: int = 16,
-                 low_queue_limit: int = 1 << 15) -> None:
+                 low_queue_limit: int = 1 << 15,
+                 foreground: Foreground | None = None) -> None:
         self._run_batch = run_batch
         self.limits = limits
         self.instances = max(1, instances)
@@ -157,6 +168,7 @@ class BatchQueue(Generic[P]):
         self._low: deque[tuple[Job[P], int]] = deque()
         self.low_batch_size = max(1, low_batch_size)
         self.low_queue_limit = max(1, low_queue_limit)
+        self._foreground = foreground or Foreground()
         self._low_running = 0  # background batches in flight (0 or 1)
         self._low_executor: ThreadPoolExecutor | None = None
         self._name = name
@@ -201,6 +213,7 @@ class BatchQueue(Generic[P]):
         else:
             self._queue.extend((job, i) for i in range(n))
         self._queued_cost += cost
+        self._foreground.update(self, True)
         self._idle.clear()
         self._observer.queue_depth(len(self._queue))
         self._wakeup.set()
@@ -278,13 +291,20 @@ class BatchQueue(Generic[P]):
         self._queued_cost -= job.costs[i]
 
     # -- worker side ---------------------------------------------------------------------
+    def _report(self) -> None:
+        """Tell the process's Foreground whether this queue has predictions to do."""
+        self._foreground.update(self, bool(self._queue) or self._running > 0)
+
     def start(self) -> None:
+        self._foreground.watch(self._wakeup)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._loop())
 
     def _drop_dead_head(self) -> None:
         while self._queue and self._queue[0][0].dead:
             self._dequeued(*self._queue.popleft())
+            if not self._queue:
+                self._report()
         while self._low and self._low[0][0].dead:
             self._low.popleft()
 
@@ -369,7 +389,7 @@ class BatchQueue(Generic[P]):
         the same with up to `instances` background batches at once, 1.05-1.34x (though an
         idle model's explanations took half the time)."""
         return (bool(self._low) and not self._queue and not self._low_running
-                and not self._running)
+                and not self._running and self._foreground.idle)
 
     def _patience_left(self) -> float:
         """Seconds a free instance should still wait before taking what is queued; 0 = go.
@@ -400,6 +420,8 @@ class BatchQueue(Generic[P]):
         if not low:
             self._observer.queue_depth(len(self._queue))
         if not batch:
+            if not low:
+                self._report()  # only dead jobs were queued
             return
         now = time.perf_counter()
         for job, _ in batch:
@@ -411,6 +433,7 @@ class BatchQueue(Generic[P]):
         else:
             self._running += 1
             self._running_items += len(batch)
+            self._report()
         if self.runs_inline:
             result: tuple[Outputs, float] | BaseException
             try:
@@ -430,7 +453,7 @@ class BatchQueue(Generic[P]):
     def _low_thread(self) -> ThreadPoolExecutor:
         if self._low_executor is None:
             self._low_executor = ThreadPoolExecutor(
-                max_workers=1, initializer=_lower_priority,
+                max_workers=1,
                 thread_name_prefix=f"ort-{self._name}-low")
         return self._low_executor
 
@@ -443,6 +466,7 @@ class BatchQueue(Generic[P]):
         else:
             self._running -= 1
             self._running_items -= len(batch)
+            self._report()
         self.batches_run += 1
         self._wakeup.set()
         if isinstance(result, tuple) and len(result[0]) != len(batch):
@@ -532,11 +556,13 @@ class BatchQueue(Generic[P]):
                 pass
             self._worker = None  # the cancelled task and its traceback refer back to us
         self._queued_cost = 0
+        self._foreground.unwatch(self._wakeup)
         for queue in (self._queue, self._low):
             while queue:
                 job, _ = queue.popleft()
                 if not job.future.done():
                     job.future.set_exception(ModelNotReady("model was unloaded"))
+        self._foreground.update(self, False)  # nothing here holds background work back now
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._low_executor is not None:
             self._low_executor.shutdown(wait=False, cancel_futures=True)

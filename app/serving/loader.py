@@ -14,7 +14,7 @@ from app.contract.repository import ModelSource, VerifiedVersion
 from app.explain.explainer import Explainer, ExplainLimits
 from app.observability.metrics import ExplainObserver, Metrics, ModelObserver, RequestObserver
 from app.pipelines import AnyPipeline, Pipeline, build_pipeline
-from app.runtime.batcher import BatchLimits, BatchQueue
+from app.runtime.batcher import BatchLimits, BatchQueue, Foreground
 from app.runtime.memory import release_freed_memory, rss_mb
 from app.runtime.session import CPU, DeviceError, ModelSession, create_session
 from app.runtime.tensors import Scores
@@ -149,7 +149,8 @@ async def _warm_up(pipeline: Pipeline[P], session: ModelSession, queue: BatchQue
     release_freed_memory()
 
 
-async def load(found: VerifiedVersion, settings: Settings, metrics: Metrics) -> LoadedModel:
+async def load(found: VerifiedVersion, settings: Settings, metrics: Metrics,
+               foreground: Foreground | None = None) -> LoadedModel:
     """Build, check and warm one version. Raises LoadError (or DeviceError in strict mode)."""
     source, s = found.source, settings
     check_memory(s, source)
@@ -171,7 +172,7 @@ async def load(found: VerifiedVersion, settings: Settings, metrics: Metrics) -> 
                        ModelObserver(metrics, *labels), name=source.name,
                        instances=resolved_instances(s, session.provider != CPU),
                        low_batch_size=s.explain_batch_size,
-                       low_queue_limit=s.explain_max_queued)
+                       low_queue_limit=s.explain_max_queued, foreground=foreground)
     try:
         if s.warmup:
             await _warm_up(pipeline, session, queue, limits)

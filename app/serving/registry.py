@@ -27,6 +27,7 @@ from app.contract.repository import (
 from app.contract.signing import load_public_keys
 from app.errors import ChangeRefused, ModelNotFound, ModelNotReady
 from app.observability.metrics import Metrics
+from app.runtime.batcher import Foreground
 from app.runtime.session import DeviceError
 from app.serving import loader
 from app.serving.model import InferenceResult, LoadedModel
@@ -59,6 +60,9 @@ class ModelRegistry:
         self.metrics = metrics
         self.records: dict[str, ModelRecord] = {}
         self.lock = asyncio.Lock()  # one change of what serves at a time
+        # background work (explanations, shadows) of any model waits for every model's
+        # predictions
+        self.foreground = Foreground()
         self._poller: Poller | None = None
         self.rollouts = Rollouts(self, settings, metrics)
         # the keys a version's signature must be made with (ORTSERVE_MODEL_PUBLIC_KEYS)
@@ -320,7 +324,8 @@ class ModelRegistry:
             vr.state, vr.reason = LOADING, None
             found = verified.pop(v)  # its bytes are freed once loaded
             try:
-                vr.model = await loader.load(found, self.settings, self.metrics)
+                vr.model = await loader.load(found, self.settings, self.metrics,
+                                             self.foreground)
             except DeviceError as exc:
                 if initial:
                     raise
