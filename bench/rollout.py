@@ -170,16 +170,14 @@ def run_rollout(models: Path, seconds: float, rounds: int, out: Path) -> int:
             f"(median), {dropped} of {shadowed} shadowed inputs dropped "
             f"({dropped / max(shadowed, 1):.0%}), "
             f"{sum(r['failed'] for r in rows if r['shadow'])} failed.", "",
-        "Shadow copies run in the candidate's background lane at the lowest CPU priority "
-        "(SCHED_IDLE); past ORTSERVE_SHADOW_MAX_INFLIGHT (256) inputs waiting, new copies "
-        "are dropped at once, and a copy that has not run within ORTSERVE_SHADOW_TIMEOUT_S "
-        "is dropped. \"Compared\" and \"dropped\" count the run's shadowed inputs once the "
-        "last copies finished or timed out. That lane waits for the candidate's own "
-        "predictions only, not the stable version's, so shadow batches run beside the "
-        "stable version's predictions (the regime the explanation lane's tuning measured at "
-        "1.1-1.3x p99). And a SCHED_IDLE thread preempted while it holds the GIL stalls the "
-        "event loop until a core is free: on a host whose cores other processes keep busy, "
-        "such stalls (hundreds of milliseconds) decide the p99 of a run.",
+        "Shadow copies run in the candidate's background lane, whose batches start only "
+        "when no model of the process has a prediction queued or running, at normal "
+        "priority (a lane at idle priority, preempted while holding the GIL, stalled the "
+        "event loop for hundreds of milliseconds on a busy host: bench/tuning.md); past "
+        "ORTSERVE_SHADOW_MAX_INFLIGHT (256) inputs waiting, new copies are dropped at once, "
+        "and a copy that has not run within ORTSERVE_SHADOW_TIMEOUT_S is dropped: under "
+        "this closed-loop load most are. \"Compared\" and \"dropped\" count the run's "
+        "shadowed inputs once the last copies finished or timed out.",
     ]
     replace_section(out / "benchmarks.md", "rollout", "\n".join(lines))
     return 0
