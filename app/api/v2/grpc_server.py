@@ -58,13 +58,7 @@ def _input_tensors(request: pb.ModelInferRequest) -> list[tz.Tensor]:
         field = CONTENTS.get(t.datatype)
         if field is None:
             raise InvalidInput(f"input {t.name!r}: unknown datatype {t.datatype!r}")
-        values = list(getattr(t.contents, field))
-        if t.datatype == "BYTES":
-            if len(values) != tz.elements(t.name, shape):
-                raise InvalidInput(f"input {t.name!r}: {len(values)} values for shape {shape}")
-            out.append(tz.Tensor(t.name, "BYTES", shape, values))
-        else:
-            out.append(tz.from_json(t.name, t.datatype, shape, values))
+        out.append(tz.from_contents(t.name, t.datatype, shape, getattr(t.contents, field)))
     return out
 
 
