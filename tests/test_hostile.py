@@ -115,6 +115,27 @@ def grpc_code(call, request, key: str | None = KEY) -> grpc.StatusCode:
 
 
 # -- regressions: what the hostile bench and the properties below found --------------------
+def _text_body(**extra) -> str:
+    return json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                   "data": ["good day"]}], **extra})
+
+
+def test_a_timeout_parameter_of_any_size_is_read_not_divided(http):
+    """`{"parameters": {"timeout": <400 digits>}}` once answered 500: the integer was too
+    large to divide as a float. Any larger value is the server's own timeout; one below
+    the timeout header's minimum (50 ms) is a bad request, as for the header (it was a 503
+    from admission, for a deadline no request can meet)."""
+    def post(value: str) -> httpx.Response:
+        body = _text_body(parameters={"timeout": "VALUE"}).replace('"VALUE"', value)
+        return http.post("/v2/models/sentiment/infer", content=body.encode(), headers=AUTH)
+
+    for ok in ("9" * 400, "100000", "50000"):
+        assert post(ok).status_code == 200, ok
+    for bad in ("-" + "9" * 400, "0", "1", "49999", "1.5", "1e400", '"100000"', "true"):
+        r = post(bad)
+        assert r.status_code == 400 and "timeout" in r.json()["error"], (bad, r.text)
+
+
 def test_bytes_elements_are_counted_before_any_is_decoded(http, stub):
     """More texts than a request may carry, the last one not UTF-8: refused for their
     count on HTTP (binary data) and gRPC. Every element was once decoded first, on the

@@ -40,6 +40,7 @@ health = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"],
 HEADER_LENGTH = b"inference-header-content-length"
 MODEL_ERRORS = (400, 401, 403, 404, 429, 503)
 INFER_ERRORS = (400, 401, 403, 404, 413, 429, 503, 504)
+MIN_TIMEOUT_US, MAX_TIMEOUT_US = round(params.MIN_TIMEOUT_S * 1e6), 10 ** 12
 
 
 def documented(*statuses: int, path: tuple[dict[str, Any], ...] = (),
@@ -135,14 +136,17 @@ def _binary_wanted(req: schemas.InferenceRequest) -> tuple[list[str] | None, dic
 
 
 def _timeout_param(req: schemas.InferenceRequest) -> float | None:
-    """Triton's `timeout` request parameter, in microseconds."""
+    """Triton's `timeout` request parameter: microseconds, at least the timeout header's
+    minimum (a deadline no request can meet is a bad request, not a 503). A JSON integer
+    has no size: one of 400 digits once made a 500, too large to divide as a float."""
     value = (req.parameters or {}).get("timeout")
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise InvalidInput(f"parameter timeout {value!r} must be a positive number of "
-                           "microseconds")
-    return value / 1e6
+    if not isinstance(value, int) or isinstance(value, bool) or value < MIN_TIMEOUT_US:
+        raise InvalidInput(f"parameter timeout {str(value)[:40]} must be an integer number "
+                           f"of microseconds >= {MIN_TIMEOUT_US}")
+    # the server's own timeout caps any deadline, so a larger value is the same as this
+    return min(value, MAX_TIMEOUT_US) / 1e6
 
 
 @router.post("/models/{name}/infer", response_model=schemas.InferenceResponse,
