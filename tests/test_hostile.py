@@ -136,6 +136,15 @@ def test_a_timeout_parameter_of_any_size_is_read_not_divided(http):
         assert r.status_code == 400 and "timeout" in r.json()["error"], (bad, r.text)
 
 
+@pytest.mark.parametrize("dim", ["true", '"1"', "1.0", "1.5", "null", "[1]"])
+def test_a_shape_is_json_integers(http, dim):
+    """`"shape": [true]`, `["1"]` and `[1.0]` once served as `[1]` (pydantic's lax
+    integers); the tensor codec's own check refuses booleans but never saw them."""
+    body = _text_body().replace('"shape": [1]', f'"shape": [{dim}]')
+    r = http.post("/v2/models/sentiment/infer", content=body.encode(), headers=AUTH)
+    assert r.status_code == 400 and "shape" in r.json()["error"], r.text
+
+
 def test_bytes_elements_are_counted_before_any_is_decoded(http, stub):
     """More texts than a request may carry, the last one not UTF-8: refused for their
     count on HTTP (binary data) and gRPC. Every element was once decoded first, on the
