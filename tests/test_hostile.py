@@ -172,6 +172,44 @@ def test_bytes_elements_are_counted_before_any_is_decoded(http, stub):
     assert r.status_code == 400 and "'text'[1]: not UTF-8" in r.json()["error"], r.text
 
 
+def test_grpc_names_are_parsed_as_paths_are_and_errors_stay_short(stub):
+    """A 100 KB model or output name once came back inside the status message, which the
+    client refused (over its 16 KiB metadata limit) and reported as RESOURCE_EXHAUSTED.
+    Names are now parsed as HTTP paths parse them, and status messages are cut short."""
+    long = "m" * 100_000
+    metadata = (("authorization", f"Bearer {KEY}"),)
+    text = pb.ModelInferRequest.InferInputTensor(
+        name="text", datatype="BYTES", shape=[1],
+        contents=pb.InferTensorContents(bytes_contents=[b"good"]))
+    for call, request in (
+            (stub.ModelInfer, pb.ModelInferRequest(model_name=long, inputs=[text])),
+            (stub.ModelInfer, pb.ModelInferRequest(
+                model_name="sentiment", inputs=[text],
+                outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=long)])),
+            (stub.ModelMetadata, pb.ModelMetadataRequest(name=long)),
+            (stub.ModelMetadata, pb.ModelMetadataRequest(name="../sentiment"))):
+        with pytest.raises(grpc.RpcError) as failed:
+            call(request, metadata=metadata, timeout=30)
+        assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT, failed.value.details()
+        assert len(failed.value.details()) < 2000
+    assert not stub.ModelReady(pb.ModelReadyRequest(name=long), metadata=metadata).ready
+    # an empty name is still the default model, as it was
+    assert stub.ModelReady(pb.ModelReadyRequest(name=""), metadata=metadata).ready
+
+
+def test_grpc_repository_calls_need_a_model_name(stub, http):
+    """`RepositoryModelUnload` with an empty name once unloaded the default model (the
+    registry reads no name as the default one)."""
+    admin = (("authorization", f"Bearer {ADMIN}"),)
+    for call, request in ((stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest()),
+                          (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest())):
+        with pytest.raises(grpc.RpcError) as failed:
+            call(request, metadata=admin, timeout=30)
+        assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for model in MODELS:
+        assert http.get(f"/v2/models/{model}/ready", headers=AUTH).status_code == 200
+
+
 def test_a_text_request_past_the_count_limit_is_refused_unread(tmp_path):
     """Deciding whether texts are tokenized in a thread once summed the length of every
     one of them on the event loop, however many there were."""
