@@ -210,6 +210,18 @@ def test_grpc_repository_calls_need_a_model_name(stub, http):
         assert http.get(f"/v2/models/{model}/ready", headers=AUTH).status_code == 200
 
 
+def test_unrouted_v2_paths_answer_in_the_v2_error_shape(http):
+    """A /v2 path that no route matches (a name with a slash in it, a wrong method) once
+    answered in the service's own error shape, which a v2 client cannot read."""
+    for method, path, status in (("GET", "/v2/nope", 404),
+                                 ("GET", "/v2/models/a%2Fb/ready", 404),
+                                 ("DELETE", "/v2/models/sentiment/infer", 405)):
+        r = http.request(method, path, headers=AUTH)
+        assert r.status_code == status and isinstance(r.json()["error"], str), r.text
+    r = http.get("/nope", headers=AUTH)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
 def test_a_text_request_past_the_count_limit_is_refused_unread(tmp_path):
     """Deciding whether texts are tokenized in a thread once summed the length of every
     one of them on the event loop, however many there were."""
