@@ -254,6 +254,28 @@ def test_a_text_request_past_the_count_limit_is_refused_unread(tmp_path):
         pipeline.preprocess(Unreadable())
 
 
+@pytest.mark.anyio
+async def test_an_explanation_past_the_lane_is_refused_before_it_is_built(make_client,
+                                                                        monkeypatch):
+    """Eight long texts at the largest budget need 131,072 model inputs, four times what
+    the explanation lane holds: they were all built (128 MB of token rows, on a thread
+    that holds the GIL in turns with the event loop), then refused for their number. Now
+    the count is checked before an input's rows are built."""
+    from app.explain.players import TextPlayers
+
+    built = []
+    real = TextPlayers.payloads
+    monkeypatch.setattr(TextPlayers, "payloads",
+                        lambda self, masks: built.append(len(masks)) or real(self, masks))
+    client = await make_client(explain_max_queued=100, explain_max_evaluations=80)
+    words = " ".join(["good", "bad", "movie", "day", "the"] * 3)  # 15 words, sampled
+    r = await client.post("/explain", json={"model": "sentiment", "inputs": [words] * 4,
+                                            "max_evaluations": 80, "seed": 1})
+    assert r.status_code == 422, r.text
+    assert "more than the background lane ever holds (100" in r.json()["error"]["message"]
+    assert len(built) == 1  # the first input's rows only: the second's would pass 100
+
+
 # -- strategies ----------------------------------------------------------------------------
 big_ints = st.sampled_from([2 ** 24, 2 ** 24 + 1, 2 ** 31, 2 ** 53 + 1, 2 ** 63 - 1, 2 ** 63,
                             2 ** 64, 10 ** 30, 10 ** 400, -(10 ** 400)])

@@ -212,21 +212,27 @@ class BatchQueue(Generic[P]):
         admission by deadline: this work waits for idle moments)."""
         if self._worker is None or self._worker.done():
             raise ModelNotReady("model is not accepting work")
-        if len(payloads) > self.low_queue_limit:
-            raise InvalidInput(f"this work needs {len(payloads)} model inputs, more than the "
-                               f"background lane ever holds ({self.low_queue_limit}, "
-                               "ORTSERVE_EXPLAIN_MAX_QUEUED); ask for fewer evaluations or "
-                               "inputs", {"field": "max_evaluations"})
-        if len(self._low) + len(payloads) > self.low_queue_limit:
-            raise QueueFull(f"the background lane holds {len(self._low)} of "
-                            f"{self.low_queue_limit} inputs and this work needs "
-                            f"{len(payloads)} (ORTSERVE_EXPLAIN_MAX_QUEUED); retry shortly",
-                            retry_after_s=1)
+        self.check_low(len(payloads))
         job = Job(payloads, costs, asyncio.get_running_loop().create_future())
         self._low.extend((job, i) for i in range(len(payloads)))
         self._idle.clear()
         self._wakeup.set()
         return job
+
+    def check_low(self, n: int) -> None:
+        """Raise what `submit_low` would for `n` inputs, so that work can be refused before
+        it is built: InvalidInput past what the lane ever holds, QueueFull past what it has
+        room for now."""
+        if n > self.low_queue_limit:
+            raise InvalidInput(f"this work needs {n} model inputs, more than the "
+                               f"background lane ever holds ({self.low_queue_limit}, "
+                               "ORTSERVE_EXPLAIN_MAX_QUEUED); ask for fewer evaluations or "
+                               "inputs", {"field": "max_evaluations"})
+        if len(self._low) + n > self.low_queue_limit:
+            raise QueueFull(f"the background lane holds {len(self._low)} of "
+                            f"{self.low_queue_limit} inputs and this work needs "
+                            f"{n} (ORTSERVE_EXPLAIN_MAX_QUEUED); retry shortly",
+                            retry_after_s=1)
 
     @property
     def low_queued(self) -> int:
