@@ -276,6 +276,25 @@ async def test_an_explanation_past_the_lane_is_refused_before_it_is_built(make_c
     assert len(built) == 1  # the first input's rows only: the second's would pass 100
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/predict", {"model": "sentiment", "inputs": ["good"]}),
+    ("/models/sentiment/predict", {"inputs": ["good"]}),
+    ("/explain", {"model": "sentiment", "inputs": ["good"]}),
+    ("/repository/models/sentiment/load", {})])
+def test_a_version_in_a_json_body_has_the_path_parameters_bounds(http, path, body):
+    """A version in a JSON body took any integer (4,000 digits came back in a 404's
+    message); a path parameter takes at most 9 digits. Now both have the same bounds."""
+    key = ADMIN if path.startswith("/repository") else KEY
+    for version, status in ((10 ** 9, 422), (10 ** 400, 422), (0, 422)):
+        raw = json.dumps({**body, "version": "V"}).replace('"V"', str(version))
+        r = http.post(path, content=raw.encode(), headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == status, (version, r.text)
+        assert r.json()["error"]["details"][0]["field"] == "version", r.text
+    r = http.post(path, json={**body, "version": 999_999_999},
+                  headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 404 and "999999999" in r.text, r.text
+
+
 # -- strategies ----------------------------------------------------------------------------
 big_ints = st.sampled_from([2 ** 24, 2 ** 24 + 1, 2 ** 31, 2 ** 53 + 1, 2 ** 63 - 1, 2 ** 63,
                             2 ** 64, 10 ** 30, 10 ** 400, -(10 ** 400)])
