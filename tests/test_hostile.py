@@ -295,6 +295,32 @@ def test_a_version_in_a_json_body_has_the_path_parameters_bounds(http, path, bod
     assert r.status_code == 404 and "999999999" in r.text, r.text
 
 
+def test_bytes_elements_past_the_limit_are_refused_by_their_count_alone(http, stub):
+    """A BYTES tensor is texts to every model that takes one, so its declared count is
+    checked against ORTSERVE_MAX_INPUTS before its data is walked: binary data whose
+    last element overruns, JSON one value short, are refused for their count (the walk
+    over 200,000 elements once came first, and these said what was wrong with the data)."""
+    n = MAX_INPUTS + 44
+    raw = b"".join(struct.pack("<I", 4) + b"good" for _ in range(n - 1)) + b"\xff\xff\0\0x"
+    head = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [n],
+                                   "parameters": {"binary_data_size": len(raw)}}]})
+    r = http.post("/v2/models/sentiment/infer", content=head.encode() + raw,
+                  headers={**AUTH, "Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 400, r.text
+    assert f"{n} BYTES elements, the limit is {MAX_INPUTS}" in r.json()["error"], r.text
+    body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [n],
+                                   "data": ["good"] * (n - 1)}]})
+    r = http.post("/v2/models/sentiment/infer", content=body.encode(), headers=AUTH)
+    assert r.status_code == 400, r.text
+    assert f"{n} BYTES elements, the limit is {MAX_INPUTS}" in r.json()["error"], r.text
+    request = pb.ModelInferRequest(model_name="sentiment")
+    request.inputs.add(name="text", datatype="BYTES", shape=[n])
+    request.raw_input_contents.append(raw)
+    with pytest.raises(grpc.RpcError) as failed:
+        stub.ModelInfer(request, metadata=(("authorization", f"Bearer {KEY}"),), timeout=30)
+    assert f"{n} BYTES elements, the limit is {MAX_INPUTS}" in failed.value.details()
+
+
 # -- strategies ----------------------------------------------------------------------------
 big_ints = st.sampled_from([2 ** 24, 2 ** 24 + 1, 2 ** 31, 2 ** 53 + 1, 2 ** 63 - 1, 2 ** 63,
                             2 ** 64, 10 ** 30, 10 ** 400, -(10 ** 400)])

@@ -54,7 +54,7 @@ def _name(raw: str, field: str = "name") -> str:
     return model_name(raw, field) if raw else raw
 
 
-def _input_tensors(request: pb.ModelInferRequest) -> list[tz.Tensor]:
+def _input_tensors(request: pb.ModelInferRequest, max_bytes: int) -> list[tz.Tensor]:
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
@@ -62,12 +62,13 @@ def _input_tensors(request: pb.ModelInferRequest) -> list[tz.Tensor]:
     for i, t in enumerate(request.inputs):
         shape = list(t.shape)
         if raw:
-            out.append(tz.from_raw(t.name, t.datatype, shape, raw[i]))
+            out.append(tz.from_raw(t.name, t.datatype, shape, raw[i], max_bytes))
             continue
         field = CONTENTS.get(t.datatype)
         if field is None:
             raise InvalidInput(f"input {t.name!r}: unknown datatype {t.datatype!r}")
-        out.append(tz.from_contents(t.name, t.datatype, shape, getattr(t.contents, field)))
+        out.append(tz.from_contents(t.name, t.datatype, shape, getattr(t.contents, field),
+                                    max_bytes))
     return out
 
 
@@ -214,7 +215,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         state = self.state
         name, model_version = _name(request.model_name), version(request.model_version)
         name_model(name, model_version)
-        tensors = await sized_work(request.ByteSize(), _input_tensors, request)
+        tensors = await sized_work(request.ByteSize(), _input_tensors, request,
+                                   state.settings.max_inputs)
         remaining = context.time_remaining()
         # answer a few ms before the call's deadline, so that the server's own timeout
         # (dropping queued inputs, counted as `timeout`) acts before the transport cancels

@@ -94,9 +94,10 @@ async def get_model_ready(request: Request) -> Response:
     return json_response({"name": name, "ready": True})
 
 
-def parse_request(body: bytes, header_length: bytes | None
+def parse_request(body: bytes, header_length: bytes | None, max_bytes: int | None = None
                   ) -> tuple[schemas.InferenceRequest, list[Tensor]]:
-    """The JSON part and every input tensor (JSON data or binary data)."""
+    """The JSON part and every input tensor (JSON data or binary data); `max_bytes`: the
+    most BYTES elements (texts) a request may carry."""
     if header_length is None:
         head, rest = body, memoryview(b"")
     else:
@@ -113,13 +114,13 @@ def parse_request(body: bytes, header_length: bytes | None
         if size is None:
             if t.data is None:
                 raise InvalidInput(f"input {t.name!r} has neither data nor binary_data_size")
-            tensors.append(from_json(t.name, t.datatype, t.shape, t.data))
+            tensors.append(from_json(t.name, t.datatype, t.shape, t.data, max_bytes))
             continue
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or \
                 pos + size > len(rest):
             raise InvalidInput(f"input {t.name!r}: binary_data_size {size!r} does not fit the "
                                f"{len(rest) - pos} bytes of binary data left")
-        tensors.append(from_raw(t.name, t.datatype, t.shape, rest[pos:pos + size]))
+        tensors.append(from_raw(t.name, t.datatype, t.shape, rest[pos:pos + size], max_bytes))
         pos += size
     if pos != len(rest):
         raise InvalidInput(f"{len(rest) - pos} bytes of binary data belong to no input")
@@ -164,7 +165,8 @@ async def infer(request: Request) -> Response:
     timeout = params.timeout(params.header(headers, params.TIMEOUT_KEY))
     raw_body = await edge_body.read_body(request, state.settings.max_body_bytes)
     req, tensors = await edge_body.sized_work(len(raw_body), parse_request, raw_body,
-                                              params.header(headers, HEADER_LENGTH))
+                                              params.header(headers, HEADER_LENGTH),
+                                              state.settings.max_inputs)
     deadline = params.deadline(state.settings.request_timeout_s, timeout, _timeout_param(req))
     requested, binary = _binary_wanted(req)
     result = await state.dataplane.infer(name, version,

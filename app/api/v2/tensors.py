@@ -89,9 +89,20 @@ def encode_bytes(items: Sequence[bytes]) -> bytes:
     return b"".join(_LEN.pack(len(b)) + b for b in items)
 
 
-def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> Tensor:
+def _bytes_count(name: str, count: int, limit: int | None) -> None:
+    """BYTES elements are texts to every model that takes them: past the most texts a
+    request may carry, refused before one is decoded."""
+    if limit is not None and count > limit:
+        raise _bad(f"input {name!r}: {count} BYTES elements, the limit is {limit} per "
+                   "request (ORTSERVE_MAX_INPUTS)", name)
+
+
+def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview,
+             max_bytes: int | None = None) -> Tensor:
+    """`max_bytes`: the most BYTES elements a request may carry."""
     count = elements(name, shape)
     if datatype == "BYTES":
+        _bytes_count(name, count, max_bytes)
         return Tensor(name, datatype, list(shape), decode_bytes(raw, count, name))
     dtype = NUMPY.get(datatype)
     if dtype is None:
@@ -104,8 +115,8 @@ def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memory
                   np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")))
 
 
-def from_contents(name: str, datatype: str, shape: Sequence[int], values: Sequence[Any]
-                  ) -> Tensor:
+def from_contents(name: str, datatype: str, shape: Sequence[int], values: Sequence[Any],
+                  max_bytes: int | None = None) -> Tensor:
     """A tensor from gRPC's typed contents (`bytes_contents`, `fp32_contents`, ...): the
     field's type is the values' type, so nothing is checked one by one; their count is
     checked before anything is copied (BYTES elements stay in the message)."""
@@ -113,6 +124,7 @@ def from_contents(name: str, datatype: str, shape: Sequence[int], values: Sequen
     if len(values) != count:
         raise _bad(f"input {name!r}: {len(values)} values for shape {list(shape)}", name)
     if datatype == "BYTES":
+        _bytes_count(name, count, max_bytes)
         return Tensor(name, datatype, list(shape), values)
     dtype = NUMPY.get(datatype)
     if dtype is None:
@@ -132,8 +144,11 @@ def _flatten(data: Any) -> list:
     return data
 
 
-def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> Tensor:
+def from_json(name: str, datatype: str, shape: Sequence[int], data: Any,
+              max_bytes: int | None = None) -> Tensor:
     count = elements(name, shape)
+    if datatype == "BYTES":
+        _bytes_count(name, count, max_bytes)
     flat = _flatten(data)
     if len(flat) != count:
         raise _bad(f"input {name!r}: {len(flat)} values for shape {list(shape)}", name)
