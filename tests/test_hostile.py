@@ -321,6 +321,40 @@ def test_bytes_elements_past_the_limit_are_refused_by_their_count_alone(http, st
     assert f"{n} BYTES elements, the limit is {MAX_INPUTS}" in failed.value.details()
 
 
+@pytest.mark.anyio
+async def test_large_bodies_are_worked_on_one_at_a_time_off_the_event_loop():
+    """Parsing a large body is mostly one C call that holds the GIL: four 1 MiB bodies
+    parsed in four threads at once kept the event loop from the GIL for 200 ms (bench
+    hostile). One thread does that work for every request, in the request's context; the
+    second body waits for the first instead of running beside it."""
+    import asyncio
+    import threading
+
+    from app.api.edge.body import INLINE_BODY_BYTES, sized_work
+    from app.observability.context import request_context, request_id
+
+    loop_thread = threading.get_ident()
+    second_started = threading.Event()
+    seen = []
+
+    def first() -> bool:
+        seen.append((threading.get_ident(), request_id()))
+        return second_started.wait(0.5)  # set at once if the second ran beside it
+
+    def second() -> None:
+        seen.append((threading.get_ident(), request_id()))
+        second_started.set()
+
+    async def one(rid: str, work):
+        with request_context(rid):
+            return await sized_work(INLINE_BODY_BYTES + 1, work)
+
+    overlapped, _ = await asyncio.gather(one("a", first), one("b", second))
+    assert not overlapped
+    assert [rid for _, rid in seen] == ["a", "b"]
+    assert len({tid for tid, _ in seen}) == 1 and seen[0][0] != loop_thread
+
+
 # -- strategies ----------------------------------------------------------------------------
 big_ints = st.sampled_from([2 ** 24, 2 ** 24 + 1, 2 ** 31, 2 ** 53 + 1, 2 ** 63 - 1, 2 ** 63,
                             2 ** 64, 10 ** 30, 10 ** 400, -(10 ** 400)])
