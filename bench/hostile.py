@@ -8,9 +8,9 @@ request is sent a few rounds one after another, then by a few clients at once; e
 request's status (HTTP) or code (gRPC) is kept. A kind's stall is the slowest liveness
 poll that overlapped its requests (the event loop serves HTTP and gRPC alike, so a poll
 waits for whatever holds it); a kind over the bar is sent again, up to three attempts,
-since a stall the service causes comes back and one from the machine's other tenants
-does not. Bodies and messages are built before the watcher starts, and gRPC messages are
-sent pre-serialized, so the client's own work stays out of the figures.
+only when the control stalled too (the machine's other tenants, not the service). Bodies
+and messages are built before the watcher starts, and gRPC messages are sent
+pre-serialized, so the client's own work stays out of the figures.
 
 Writes the `hostile` section of docs/benchmarks.md. Bar: worst stall under 50 ms for every
 kind, and no 5xx (no INTERNAL, UNKNOWN or DATA_LOSS over gRPC) other than the refusals a
@@ -563,15 +563,17 @@ def warm_up(clients: Clients) -> None:
 
 def measure(watcher: Watcher, kind: Kind, clients: Clients, attempts: int,
             settle_s: float) -> None:
-    """Up to `attempts` attempts, until one stays under the bar: a stall the service causes
-    comes back every time, one from the machine's other work does not."""
+    """Up to `attempts` attempts, until one stays under the bar. Another attempt only when
+    the control stalled too (at least half as long): the machine's other work, which does
+    not come back on cue; a stall while the control stayed quiet is the service's."""
     for _ in range(attempts):
         start, end = run_kind(clients, kind)
         time.sleep(GRACE_S + 2 * PERIOD_S)  # the polls in flight come back
         service, control = watcher.polls()
-        kind.attempts.append((worst(service, start, end), worst(control, start, end)))
+        stall, ctl = worst(service, start, end), worst(control, start, end)
+        kind.attempts.append((stall, ctl))
         errors = any(is_server_error(s, kind.refusals) for _, _, s in kind.sent)
-        if kind.attempts[-1][0] < BAR_STALL_MS or errors:
+        if stall < BAR_STALL_MS or errors or ctl < stall / 2:
             break
         time.sleep(settle_s)
 
@@ -637,23 +639,24 @@ def run_hostile(models: Path, out: Path, url: str | None = None, grpc_target: st
         "kind of request is sent in a few rounds, then by a few clients at once. A kind's "
         "stall is the slowest liveness poll that overlapped its requests; gRPC shares the "
         "event loop with HTTP, so its stalls show in the same polls. A kind whose stall "
-        f"passes {BAR_STALL_MS:.0f} ms is sent again (at most {attempts} attempts): a stall "
-        "the service causes comes back every time, one from other work on the machine "
-        "does not. The table gives the lowest attempt, the control's worst poll in that "
-        "attempt (what the machine alone did to a poll), and every attempt.", "",
+        f"passes {BAR_STALL_MS:.0f} ms is sent again (at most {attempts} attempts) only "
+        "when the control stalled at least half as long in that attempt: other work on the "
+        "machine, which does not come back on cue; a stall while the control stayed quiet "
+        "is the service's and stands. The table gives the lowest attempt, the control's "
+        "worst poll in it (what the machine alone did to a poll), and every attempt.", "",
         f"- machine: {cpu_model()}",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- liveness polls: {len(service)}, failed: {failed_polls}; idle for 3 s: worst poll "
         f"{idle[0]:.1f} ms (control {idle[1]:.1f} ms)", "",
         "| protocol | kind | requests | statuses | worst stall (ms) | control (ms) | "
-        "attempts (ms) | bar |",
+        "attempts: stall (control), ms | bar |",
         "| --- | --- | ---: | --- | ---: | ---: | --- | --- |",
     ]
     for kind, stall, ctl, counts, met in rows:
         name = kind.name + (f" ({kind.note})" if kind.note else "")
         lines.append(f"| {kind.protocol} | {name} | {sum(counts.values())} | "
                      f"{summary(counts)} | {stall:.1f} | {ctl:.1f} | "
-                     f"{', '.join(f'{a:.0f}' for a, _ in kind.attempts)} | "
+                     f"{', '.join(f'{a:.0f} ({c:.0f})' for a, c in kind.attempts)} | "
                      f"{'met' if met else '**not met**'} |")
     lines += ["", f"Bar: worst stall under {BAR_STALL_MS:.0f} ms for every kind, no 5xx "
                   "(gRPC: no INTERNAL, UNKNOWN, DATA_LOSS) other than a kind's designed "
