@@ -1,6 +1,6 @@
-"""`python -m bench run|probe|report|soak|drain|swap|protocols|...|rollout`: benchmark the
-service beside its ceilings, soak it, measure a drain, version swaps, the APIs side by side,
-or a rollout's shadow under load."""
+"""`python -m bench run|probe|report|soak|drain|swap|protocols|hostile|rollout|...`: benchmark
+the service beside its ceilings, soak it, measure a drain, version swaps, the APIs side by
+side, hostile requests against liveness, or a rollout's shadow under load."""
 
 from __future__ import annotations
 
@@ -349,6 +349,12 @@ def shap(a: argparse.Namespace) -> int:
     return run_shap(Path(a.models), Path(a.out))
 
 
+def hostile(a: argparse.Namespace) -> int:
+    from bench.hostile import run_hostile
+
+    return run_hostile(Path(a.models), Path(a.out), a.url, a.grpc, a.only)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m bench")
@@ -448,6 +454,15 @@ def main(argv: list[str] | None = None) -> int:
     command("shap", shap, help="what the shap library would add (size, packages) and its "
                                "explainers beside /explain on the same rows; writes "
                                "docs/benchmarks.md's shap section")
+    ho = command("hostile", hostile,
+                 help="hostile requests on every protocol while a watcher polls /health/live "
+                      "every 20 ms: statuses and worst stall per kind; writes "
+                      "docs/benchmarks.md's hostile section")
+    ho.add_argument("--url", help="a running server (with the bench's keys) instead of one "
+                                  "started here; the report is left as it is")
+    ho.add_argument("--grpc", help="its gRPC address (host:port)")
+    ho.add_argument("--only", nargs="*", help="kinds whose name or protocol contains one of "
+                                              "these words; the report is left as it is")
     a = p.parse_args(argv)
     return a.func(a)
 

@@ -73,6 +73,8 @@ class TextClassificationPipeline(Pipeline[TokenIds]):
         return ids, [self.cost(x) for x in ids]
 
     def runs_inline(self, inputs: Sequence[object]) -> bool:
+        if len(inputs) > self.max_items:
+            return True  # refused by its count before any is read: no need for a thread
         return sum(len(x) for x in inputs if isinstance(x, str)) <= INLINE_CHARS
 
     def checked_text(self, i: int, text: object) -> str:

@@ -225,21 +225,27 @@ class BatchQueue(Generic[P]):
         admission by deadline: this work waits for idle moments)."""
         if self._worker is None or self._worker.done():
             raise ModelNotReady("model is not accepting work")
-        if len(payloads) > self.low_queue_limit:
-            raise InvalidInput(f"this work needs {len(payloads)} model inputs, more than the "
-                               f"background lane ever holds ({self.low_queue_limit}, "
-                               "ORTSERVE_EXPLAIN_MAX_QUEUED); ask for fewer evaluations or "
-                               "inputs", {"field": "max_evaluations"})
-        if len(self._low) + len(payloads) > self.low_queue_limit:
-            raise QueueFull(f"the background lane holds {len(self._low)} of "
-                            f"{self.low_queue_limit} inputs and this work needs "
-                            f"{len(payloads)} (ORTSERVE_EXPLAIN_MAX_QUEUED); retry shortly",
-                            retry_after_s=1)
+        self.check_low(len(payloads))
         job = Job(payloads, costs, asyncio.get_running_loop().create_future())
         self._low.extend((job, i) for i in range(len(payloads)))
         self._idle.clear()
         self._wakeup.set()
         return job
+
+    def check_low(self, n: int) -> None:
+        """Raise what `submit_low` would for `n` inputs, so that work can be refused before
+        it is built: InvalidInput past what the lane ever holds, QueueFull past what it has
+        room for now."""
+        if n > self.low_queue_limit:
+            raise InvalidInput(f"this work needs {n} model inputs, more than the "
+                               f"background lane ever holds ({self.low_queue_limit}, "
+                               "ORTSERVE_EXPLAIN_MAX_QUEUED); ask for fewer evaluations or "
+                               "inputs", {"field": "max_evaluations"})
+        if len(self._low) + n > self.low_queue_limit:
+            raise QueueFull(f"the background lane holds {len(self._low)} of "
+                            f"{self.low_queue_limit} inputs and this work needs "
+                            f"{n} (ORTSERVE_EXPLAIN_MAX_QUEUED); retry shortly",
+                            retry_after_s=1)
 
     @property
     def low_queued(self) -> int:
@@ -311,7 +317,8 @@ class BatchQueue(Generic[P]):
     def _take(self, low: bool = False) -> list[tuple[Job[P], int]]:
         lim = self.limits
         queue = self._low if low else self._queue
-        # a tiny model's batches run inline in microseconds: its low lane batches as usual
+        # a tiny model's predictions run inline in microseconds: its low lane batches as
+        # its predictions do (on the low thread all the same, see _launch_next)
         most = (min(lim.max_batch_size, self.low_batch_size) if low and not self.runs_inline
                 else lim.max_batch_size)
         batch: list[tuple[Job[P], int]] = []
@@ -434,7 +441,10 @@ class BatchQueue(Generic[P]):
             self._running += 1
             self._running_items += len(batch)
             self._report()
-        if self.runs_inline:
+        # background batches never run on the loop: a tiny model's predictions take
+        # microseconds, but its explanation batches (a block of background rows per
+        # coalition) took 12 ms each, back to back (bench hostile)
+        if self.runs_inline and not low:
             result: tuple[Outputs, float] | BaseException
             try:
                 result = self._timed_run(payloads)

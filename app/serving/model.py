@@ -238,6 +238,9 @@ class LoadedModel:
         for raw, payload in zip(inputs, payloads, strict=True):
             players = explainer.players(raw, payload)
             plan = explainer.plan(players, budget, options)
+            # refused before its model inputs are built (8 long texts at the largest budget
+            # once built 128 MB of them, then were refused for their number)
+            self.queue.check_low(len(work.payloads) + len(plan.masks))
             batch = players.payloads(plan.masks)
             work.items.append((players, plan, len(batch)))
             work.payloads += batch

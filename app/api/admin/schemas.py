@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.edge.params import MAX_VERSION
+
 
 class Liveness(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "alive"}]})
@@ -23,8 +25,9 @@ class Readiness(BaseModel):
 
 class LoadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 2}]})
-    version: int | None = Field(None, ge=1, description="One version; default: every "
-                                                        "version the policy names.")
+    version: int | None = Field(None, ge=1, le=MAX_VERSION,
+                                description="One version; default: every version the policy "
+                                            "names.")
 
 
 class IndexEntry(BaseModel):

@@ -4,7 +4,10 @@ model in one step, and the client going away."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -20,6 +23,11 @@ CONTENT_LENGTH = b"content-length"
 # bodies larger than this: about 2 ms of parsing on the event loop at most (a 1 MiB body
 # takes 10-60 ms to parse and decode), so no request holds up the others or liveness.
 INLINE_BODY_BYTES = 64 * 1024
+# One thread for that work, shared by every request: most of it (parsing JSON, building
+# arrays) is one C call that holds the GIL, so a second thread runs none of it sooner and
+# only keeps the GIL from the event loop for longer (four 1 MiB bodies parsed at once held
+# up liveness for 200 ms; docs/benchmarks.md, "Hostile requests").
+_SIZED_WORK = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ortserve-body")
 
 
 class BodyLost(Exception):
@@ -78,10 +86,12 @@ def parse(raw: bytes, model: type[BodyT]) -> BodyT:
 
 
 async def sized_work(size: int, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """`work(*args)` inline for a small body, in a thread for a large one (`size` bytes)."""
+    """`work(*args)` inline for a small body, on the body thread for a large one (`size`
+    bytes), in the request's context."""
     if size <= INLINE_BODY_BYTES:
         return work(*args, **kwargs)
-    return await asyncio.to_thread(work, *args, **kwargs)
+    call = functools.partial(contextvars.copy_context().run, work, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_SIZED_WORK, call)
 
 
 async def read_json(request: Request, limit: int, model: type[BodyT]) -> BodyT:

@@ -155,6 +155,7 @@ def error_headers(exc: ServingError) -> dict[str, str]:
 
 
 JSON = "application/json"
+V2_PREFIX = "/v2"
 
 
 def json_response(content: Any, status: int = 200,
@@ -178,10 +179,13 @@ def install_fallback_handlers(app: FastAPI) -> None:
     exception in middleware) leave in the service's own shape too."""
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = getattr(exc, "headers", None)
+        if request.url.path == V2_PREFIX or request.url.path.startswith(V2_PREFIX + "/"):
+            # no route of the Open Inference Protocol matched: still its error shape
+            return json_response({"error": str(exc.detail)}, exc.status_code, headers)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return json_response(error_body(code, str(exc.detail)), exc.status_code,
-                             getattr(exc, "headers", None))
+        return json_response(error_body(code, str(exc.detail)), exc.status_code, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

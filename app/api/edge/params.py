@@ -14,8 +14,10 @@ from app.api.edge.errors import InvalidRequest
 from app.contract.manifest import NAME_PATTERN
 
 MAX_NAME_LENGTH = 128
-# A version: a positive integer of at most 9 digits, no sign, no leading zero.
+# A version: a positive integer of at most 9 digits, no sign, no leading zero (in a JSON
+# body: an integer from 1 to MAX_VERSION).
 VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,8}")
+MAX_VERSION = 999_999_999
 TIMEOUT_HEADER = "X-Request-Timeout"
 TIMEOUT_KEY = TIMEOUT_HEADER.lower().encode("latin-1")
 MIN_TIMEOUT_S = 0.05

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
+from app.api.edge.params import MAX_VERSION
 from app.api.edge.schemas import ModelSummary
 from app.contract.manifest import NAME_PATTERN
 
@@ -26,8 +27,9 @@ class PredictRequest(BaseModel):
 
     model: str | None = Field(None, pattern=NAME_PATTERN.pattern, max_length=128,
                               description="Model name; the configured default when omitted.")
-    version: int | None = Field(None, ge=1, description="Served version to use; default: "
-                                                       "the one the model routes to.")
+    version: int | None = Field(None, ge=1, le=MAX_VERSION,
+                                description="Served version to use; default: the one the "
+                                            "model routes to.")
     inputs: list[Input] = Field(
         ..., min_length=1,
         description="Texts for text models; rows for tabular models, each a list of numbers "
@@ -38,8 +40,9 @@ class ModelPredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid",
                               json_schema_extra={"examples": [{"inputs": ["great game"]}]})
 
-    version: int | None = Field(None, ge=1, description="Served version to use; default: "
-                                                       "the one the model routes to.")
+    version: int | None = Field(None, ge=1, le=MAX_VERSION,
+                                description="Served version to use; default: the one the "
+                                            "model routes to.")
     inputs: list[Input] = Field(..., min_length=1)
 
 
@@ -115,7 +118,8 @@ class ExplainRequest(ExplainOptionsBody):
 
     model: str | None = Field(None, pattern=NAME_PATTERN.pattern, max_length=128,
                               description="Model name; the configured default when omitted.")
-    version: int | None = Field(None, ge=1, description="Served version to use.")
+    version: int | None = Field(None, ge=1, le=MAX_VERSION,
+                                description="Served version to use.")
     inputs: list[Input] = Field(..., min_length=1, description="As for predict.")
 
 
@@ -123,7 +127,8 @@ class ModelExplainRequest(ExplainOptionsBody):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"inputs": ["I love this phone"], "target": "positive"}]})
 
-    version: int | None = Field(None, ge=1, description="Served version to use.")
+    version: int | None = Field(None, ge=1, le=MAX_VERSION,
+                                description="Served version to use.")
     inputs: list[Input] = Field(..., min_length=1)
 
 

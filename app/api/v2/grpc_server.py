@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from app.api.edge.auth import Access, bearer
 from app.api.edge.body import sized_work
 from app.api.edge.errors import InternalError, grpc_status
-from app.api.edge.params import deadline, route_key, version
+from app.api.edge.params import deadline, model_name, route_key, version
 from app.api.edge.readiness import model_ready, readiness
 from app.api.edge.state import AppState
 from app.api.v2 import tensors as tz
@@ -38,6 +38,10 @@ from app.settings import Settings
 log = logging.getLogger("ortserve.grpc")
 
 DEADLINE_MARGIN_S = 0.005
+# A status message travels in a trailer, percent-encoded, and clients refuse trailers over
+# 16 KiB (reporting RESOURCE_EXHAUSTED instead of the error): a message that echoes a
+# 100 KB name is cut to this many characters (at most 12 KiB once encoded).
+MAX_STATUS_MESSAGE = 1024
 CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
             "UINT16": "uint_contents", "UINT32": "uint_contents",
@@ -45,7 +49,12 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
             "BYTES": "bytes_contents"}
 
 
-def _input_tensors(request: pb.ModelInferRequest) -> list[tz.Tensor]:
+def _name(raw: str, field: str = "name") -> str:
+    """A model name as HTTP paths take it (the same parser); empty is the default model."""
+    return model_name(raw, field) if raw else raw
+
+
+def _input_tensors(request: pb.ModelInferRequest, max_bytes: int) -> list[tz.Tensor]:
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
@@ -53,18 +62,13 @@ def _input_tensors(request: pb.ModelInferRequest) -> list[tz.Tensor]:
     for i, t in enumerate(request.inputs):
         shape = list(t.shape)
         if raw:
-            out.append(tz.from_raw(t.name, t.datatype, shape, raw[i]))
+            out.append(tz.from_raw(t.name, t.datatype, shape, raw[i], max_bytes))
             continue
         field = CONTENTS.get(t.datatype)
         if field is None:
             raise InvalidInput(f"input {t.name!r}: unknown datatype {t.datatype!r}")
-        values = list(getattr(t.contents, field))
-        if t.datatype == "BYTES":
-            if len(values) != tz.elements(t.name, shape):
-                raise InvalidInput(f"input {t.name!r}: {len(values)} values for shape {shape}")
-            out.append(tz.Tensor(t.name, "BYTES", shape, values))
-        else:
-            out.append(tz.from_json(t.name, t.datatype, shape, values))
+        out.append(tz.from_contents(t.name, t.datatype, shape, getattr(t.contents, field),
+                                    max_bytes))
     return out
 
 
@@ -164,7 +168,10 @@ def peer_address(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: ServingError) -> NoReturn:
-    await context.abort(grpc.StatusCode[grpc_status(exc)], exc.message)
+    message = exc.message
+    if len(message) > MAX_STATUS_MESSAGE:
+        message = message[:MAX_STATUS_MESSAGE] + "..."
+    await context.abort(grpc.StatusCode[grpc_status(exc)], message)
     raise AssertionError("abort returned")  # pragma: no cover - abort always raises
 
 
@@ -183,7 +190,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_guarded(Access.PREDICT)
     async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
         try:
-            model_ready(self.state, request.name, version(request.version))
+            model_ready(self.state, _name(request.name), version(request.version))
         except ServingError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -194,7 +201,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @_guarded(Access.PREDICT)
     async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
-        meta = model_metadata(self.state.dataplane, request.name, version(request.version))
+        meta = model_metadata(self.state.dataplane, _name(request.name),
+                              version(request.version))
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -204,9 +212,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_guarded(Access.PREDICT)
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         state = self.state
-        model_version = version(request.model_version)
-        name_model(request.model_name, model_version)
-        tensors = await sized_work(request.ByteSize(), _input_tensors, request)
+        name, model_version = _name(request.model_name), version(request.model_version)
+        name_model(name, model_version)
+        tensors = await sized_work(request.ByteSize(), _input_tensors, request,
+                                   state.settings.max_inputs)
         remaining = context.time_remaining()
         # answer a few ms before the call's deadline, so that the server's own timeout
         # (dropping queued inputs, counted as `timeout`) acts before the transport cancels
@@ -225,7 +234,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         key = route_key(metadata.get("x-route-key"), "x-route-key")
         state.drain.enter()
         try:
-            result = await state.dataplane.infer(request.model_name, model_version,
+            result = await state.dataplane.infer(name, model_version,
                                                  lambda model: tz.to_inputs(model, tensors),
                                                  timeout, lambda: gone, key)
         finally:
@@ -247,13 +256,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_guarded(Access.ADMIN)
     async def RepositoryModelLoad(self, request: Any, context: Any
                                   ) -> pb.RepositoryModelLoadResponse:
-        await self.state.dataplane.load(request.model_name)
+        await self.state.dataplane.load(model_name(request.model_name, "model_name"))
         return pb.RepositoryModelLoadResponse()
 
     @_guarded(Access.ADMIN)
     async def RepositoryModelUnload(self, request: Any, context: Any
                                     ) -> pb.RepositoryModelUnloadResponse:
-        await self.state.dataplane.unload(request.model_name)
+        await self.state.dataplane.unload(model_name(request.model_name, "model_name"))
         return pb.RepositoryModelUnloadResponse()
 
 

@@ -40,6 +40,7 @@ health = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"],
 HEADER_LENGTH = b"inference-header-content-length"
 MODEL_ERRORS = (400, 401, 403, 404, 429, 503)
 INFER_ERRORS = (400, 401, 403, 404, 413, 429, 503, 504)
+MIN_TIMEOUT_US, MAX_TIMEOUT_US = round(params.MIN_TIMEOUT_S * 1e6), 10 ** 12
 
 
 def documented(*statuses: int, path: tuple[dict[str, Any], ...] = (),
@@ -93,9 +94,10 @@ async def get_model_ready(request: Request) -> Response:
     return json_response({"name": name, "ready": True})
 
 
-def parse_request(body: bytes, header_length: bytes | None
+def parse_request(body: bytes, header_length: bytes | None, max_bytes: int | None = None
                   ) -> tuple[schemas.InferenceRequest, list[Tensor]]:
-    """The JSON part and every input tensor (JSON data or binary data)."""
+    """The JSON part and every input tensor (JSON data or binary data); `max_bytes`: the
+    most BYTES elements (texts) a request may carry."""
     if header_length is None:
         head, rest = body, memoryview(b"")
     else:
@@ -112,13 +114,13 @@ def parse_request(body: bytes, header_length: bytes | None
         if size is None:
             if t.data is None:
                 raise InvalidInput(f"input {t.name!r} has neither data nor binary_data_size")
-            tensors.append(from_json(t.name, t.datatype, t.shape, t.data))
+            tensors.append(from_json(t.name, t.datatype, t.shape, t.data, max_bytes))
             continue
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or \
                 pos + size > len(rest):
             raise InvalidInput(f"input {t.name!r}: binary_data_size {size!r} does not fit the "
                                f"{len(rest) - pos} bytes of binary data left")
-        tensors.append(from_raw(t.name, t.datatype, t.shape, rest[pos:pos + size]))
+        tensors.append(from_raw(t.name, t.datatype, t.shape, rest[pos:pos + size], max_bytes))
         pos += size
     if pos != len(rest):
         raise InvalidInput(f"{len(rest) - pos} bytes of binary data belong to no input")
@@ -135,14 +137,17 @@ def _binary_wanted(req: schemas.InferenceRequest) -> tuple[list[str] | None, dic
 
 
 def _timeout_param(req: schemas.InferenceRequest) -> float | None:
-    """Triton's `timeout` request parameter, in microseconds."""
+    """Triton's `timeout` request parameter: microseconds, at least the timeout header's
+    minimum (a deadline no request can meet is a bad request, not a 503). A JSON integer
+    has no size: one of 400 digits once made a 500, too large to divide as a float."""
     value = (req.parameters or {}).get("timeout")
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise InvalidInput(f"parameter timeout {value!r} must be a positive number of "
-                           "microseconds")
-    return value / 1e6
+    if not isinstance(value, int) or isinstance(value, bool) or value < MIN_TIMEOUT_US:
+        raise InvalidInput(f"parameter timeout {str(value)[:40]} must be an integer number "
+                           f"of microseconds >= {MIN_TIMEOUT_US}")
+    # the server's own timeout caps any deadline, so a larger value is the same as this
+    return min(value, MAX_TIMEOUT_US) / 1e6
 
 
 @router.post("/models/{name}/infer", response_model=schemas.InferenceResponse,
@@ -161,7 +166,8 @@ async def infer(request: Request) -> Response:
     timeout = params.timeout(params.header(headers, params.TIMEOUT_KEY))
     raw_body = await edge_body.read_body(request, state.settings.max_body_bytes)
     req, tensors = await edge_body.sized_work(len(raw_body), parse_request, raw_body,
-                                              params.header(headers, HEADER_LENGTH))
+                                              params.header(headers, HEADER_LENGTH),
+                                              state.settings.max_inputs)
     deadline = params.deadline(state.settings.request_timeout_s, timeout, _timeout_param(req))
     requested, binary = _binary_wanted(req)
     key = (req.parameters or {}).get("route_key")

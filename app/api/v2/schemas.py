@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
              "INT64", "FP16", "FP32", "FP64", "BYTES")
@@ -41,7 +41,8 @@ class ModelMetadata(_Open):
 
 class RequestInput(_Open):
     name: str
-    shape: list[int]
+    # integers as JSON writes them: not `true`, `"1"` or `1.0`, which a lax int accepts
+    shape: list[StrictInt]
     datatype: str
     parameters: dict[str, Any] | None = None
     data: Any = None
